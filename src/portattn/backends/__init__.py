@@ -1,0 +1,19 @@
+"""The built-in backends, registered through the same hook as third-party plugins."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from portattn.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from portattn._backend import Backend
+
+
+@hookimpl
+def portattn_backends() -> list[Backend]:
+    from portattn.backends.portable import PortableBackend
+    from portattn.backends.reference import ReferenceBackend
+    from portattn.backends.sdpa import SdpaBackend
+
+    return [PortableBackend(), SdpaBackend(), ReferenceBackend()]
