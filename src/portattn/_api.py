@@ -27,12 +27,10 @@ class _AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, backend, call):  # type: ignore[override]
-        out, lse = backend.forward(call, q, k, v)
-        if lse is None:
-            raise RuntimeError(f"backend {backend.name!r} returned no lse for a call that needs a backward")
+        out, lse = backend.forward(call, q, k, v)  # lse may be None if backward does not need it
         ctx.backend, ctx.call = backend, call
         ctx.save_for_backward(q, k, v, out, lse)
-        if not call.return_lse:
+        if lse is not None and not call.return_lse:
             ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)
         return out, lse

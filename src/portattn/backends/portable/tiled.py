@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from portattn import _alloc
+
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
 
@@ -103,9 +105,9 @@ def forward(
     """``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype, ``lse`` float32 ``(batch, heads_q, seqlen_q)``."""
     g = _grouped(call, q, k, v)
     batch, heads_kv, group = call.batch, call.heads_kv, call.group_size
-    out = torch.empty(call.batch, call.seqlen_q, call.heads_q, call.head_dim_v, dtype=q.dtype, device=q.device)
+    out = _alloc.empty(call.batch, call.seqlen_q, call.heads_q, call.head_dim_v, dtype=q.dtype, device=q.device)
     out_grouped = out.view(batch, call.seqlen_q, heads_kv, group, call.head_dim_v)
-    lse = torch.empty(batch, heads_kv, group, call.seqlen_q, dtype=torch.float32, device=q.device)
+    lse = _alloc.empty(batch, heads_kv, group, call.seqlen_q, dtype=torch.float32, device=q.device)
     for qs in range(0, call.seqlen_q, block_q):
         qe = min(call.seqlen_q, qs + block_q)
         row_max = torch.full((batch, heads_kv, group, qe - qs, 1), float("-inf"), device=q.device)
@@ -161,8 +163,8 @@ def backward(
     lse_g = lse_g.masked_fill(torch.isinf(lse_g), 0.0)  # rows that see nothing: all scores are -inf
 
     dq = torch.zeros_like(g.q)
-    dk = torch.empty(batch, call.seqlen_k, heads_kv, call.head_dim, dtype=k.dtype, device=k.device)
-    dv = torch.empty(batch, call.seqlen_k, heads_kv, call.head_dim_v, dtype=v.dtype, device=v.device)
+    dk = _alloc.empty(batch, call.seqlen_k, heads_kv, call.head_dim, dtype=k.dtype, device=k.device)
+    dv = _alloc.empty(batch, call.seqlen_k, heads_kv, call.head_dim_v, dtype=v.dtype, device=v.device)
     for ks in range(0, call.seqlen_k, block_k):
         ke = min(call.seqlen_k, ks + block_k)
         dk_acc = torch.zeros(batch, heads_kv, group, ke - ks, call.head_dim, device=q.device)
