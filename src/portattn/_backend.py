@@ -59,7 +59,9 @@ class Capabilities:
             "devices": sorted(self.devices) if self.devices is not None else "any",
             "compute_capability": None if cc is None else [list(cc[0]), list(cc[1]) if cc[1] else None],
             "dtypes": sorted(_dtype_name(d) for d in self.dtypes),
-            "head_dims": sorted(self.head_dims) if self.head_dims is not None else f"<= {self.max_head_dim}"
+            "head_dims": sorted(self.head_dims)
+            if self.head_dims is not None
+            else f"<= {self.max_head_dim}"
             if self.max_head_dim
             else "any",
             "features": sorted(self.features),

@@ -223,9 +223,7 @@ def normalize(
         raise TypeError(f"precision='fp8' takes float16 or bfloat16 inputs, got {q.dtype}")
     if sparsity is not None:
         if not isinstance(sparsity, SparsityPattern):
-            raise TypeError(
-                f"sparsity must be a pattern from portattn.sparse or None, got {type(sparsity).__name__}"
-            )
+            raise TypeError(f"sparsity must be a pattern from portattn.sparse or None, got {type(sparsity).__name__}")
         sparsity.validate(batch, heads_q, seqlen_q, seqlen_k)
     if bias is not None:
         _check_bias(bias, batch, heads_q, seqlen_q, seqlen_k, q.device)

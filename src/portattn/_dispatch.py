@@ -77,9 +77,9 @@ def select(call: AttentionCall, forced: str | None) -> Backend:
             )
         reasons = _candidate_reasons(entry, call)
         if reasons:
-            raise NoBackendError(_format(call, {forced: reasons}, f"backend {forced!r} cannot serve this call"), {
-                forced: reasons
-            })
+            raise NoBackendError(
+                _format(call, {forced: reasons}, f"backend {forced!r} cannot serve this call"), {forced: reasons}
+            )
         return entry.backend
     for entry in reg.ordered:
         if not _candidate_reasons(entry, call):
@@ -145,8 +145,9 @@ def explanation(call: AttentionCall, forced: str | None) -> Explanation:
         reasons = _candidate_reasons(entry, call)
         if forced is not None and b.name != forced:
             reasons = reasons + [f"not the forced backend {forced!r}"]
-        rows.append(ExplainRow(b.name, entry.origin, entry.unavailable_reason() is None, b.priority, reasons,
-                               b.name == chosen))
+        rows.append(
+            ExplainRow(b.name, entry.origin, entry.unavailable_reason() is None, b.priority, reasons, b.name == chosen)
+        )
     for failure in reg.failures:
         rows.append(ExplainRow(failure.name, failure.origin, False, None, [failure.reason or ""], False))
     return Explanation(call, rows, chosen, forced, error)

@@ -15,5 +15,6 @@ def portattn_backends() -> list[Backend]:
     from portattn.backends.portable import PortableBackend
     from portattn.backends.reference import ReferenceBackend
     from portattn.backends.sdpa import SdpaBackend
+    from portattn.backends.triton_hopper import TritonHopperBackend
 
-    return [PortableBackend(), SdpaBackend(), ReferenceBackend()]
+    return [TritonHopperBackend(), PortableBackend(), SdpaBackend(), ReferenceBackend()]

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
@@ -119,6 +120,13 @@ def _torch_impl(name: str, device: torch.device) -> tuple[Callable | None, str]:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
         except ImportError as exc:
             return None, f"FlexAttention unavailable: {exc}"
+        import torch._dynamo
+
+        # one compile per shape, as FlexAttention is meant to be used; past the default limit of 8
+        # recompiles dynamo would fall back to eager and time something else
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 256)
         compiled = torch.compile(flex_attention, dynamic=False)
         masks: dict[tuple, object] = {}
 
@@ -164,7 +172,9 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_cuda = device.type == "cuda"
     dtype = DTYPES[args.dtype or ("bfloat16" if on_cuda else "float32")]
-    seqlens = [int(s) for s in (args.seqlens or ("512,1024,2048,4096,8192,16384" if on_cuda else "256,512,1024")).split(",")]
+    seqlens = [
+        int(s) for s in (args.seqlens or ("512,1024,2048,4096,8192,16384" if on_cuda else "256,512,1024")).split(",")
+    ]
     head_dims = [int(d) for d in args.head_dims.split(",")]
     tokens = args.tokens or (16384 if on_cuda else 2048)
     hidden = args.hidden or (2048 if on_cuda else 256)
@@ -196,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         gen = torch.Generator(device="cpu").manual_seed(0)
         requires_grad = mode == "fwd+bwd"
 
-        def make(h, batch=batch, seqlen=seqlen, head_dim=head_dim):
+        def make(h, batch=batch, seqlen=seqlen, head_dim=head_dim, gen=gen, requires_grad=requires_grad):
             x = torch.randn(batch, seqlen, h, head_dim, generator=gen).to(device=device, dtype=dtype)
             return x.requires_grad_(requires_grad)
 
@@ -204,16 +214,17 @@ def run(args: argparse.Namespace) -> int:
         qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_(requires_grad) for x in (q, k, v))
         runs: list[tuple[str, Callable | None, list[torch.Tensor], str]] = []
         for name in backends:
-            runs.append((name, lambda name=name: portattn.attention(q, k, v, causal=causal, backend=name), [q, k, v], ""))
+            fn = partial(portattn.attention, q, k, v, causal=causal, backend=name)
+            runs.append((name, fn, [q, k, v], ""))
         for name, (impl, why) in impls.items():
-            fn = None if impl is None else (lambda impl=impl: impl(qt, kt, vt, causal))
+            fn = None if impl is None else partial(impl, qt, kt, vt, causal)
             runs.append((name, fn, [qt, kt, vt], why))
         for name, fn, inputs, why in runs:
             done += 1
             if not args.no_progress:
                 bar = "#" * (30 * done // total)
-                print(f"\r[{bar:<30}] {done}/{total} {name} d={head_dim} s={seqlen} {mode}{' causal' if causal else ''}   ",
-                      end="", file=sys.stderr, flush=True)  # fmt: skip
+                what = f"{name} d={head_dim} s={seqlen} {mode}{' causal' if causal else ''}"
+                print(f"\r[{bar:<30}] {done}/{total} {what}   ", end="", file=sys.stderr, flush=True)
             ms, tf, note = None, None, why
             if fn is not None:
                 try:

@@ -62,7 +62,8 @@ class DenseMask(SparsityPattern):
             mask = mask[None, None]
         if mask.dim() != 4:
             raise ValueError(
-                f"dense_mask must be (seqlen_q, seqlen_k) or (batch, heads, seqlen_q, seqlen_k), got {tuple(mask.shape)}"
+                "dense_mask must be (seqlen_q, seqlen_k) or (batch, heads, seqlen_q, seqlen_k), "
+                f"got {tuple(mask.shape)}"
             )
         self.mask = mask
 

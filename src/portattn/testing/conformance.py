@@ -120,7 +120,7 @@ def run_case(
                 grads.append(dlse)
             with poisoned_outputs():
                 got = torch.autograd.grad(outputs, (q, k, v), grads)
-            want = torch.autograd.grad(ref_outputs, leaves, [g.to(torch.float64).cpu() for g in grads])
+            want = torch.autograd.grad(ref_outputs, leaves, [g.to(torch.float64) for g in grads])
             atol, rtol = tolerances.backward(dtype, b)
             for name, g, w in zip(("dq", "dk", "dv"), got, want, strict=True):
                 scale = max(1.0, float(w.abs().max())) if w.numel() else 1.0

@@ -29,7 +29,7 @@ class PortableBackend(Backend):
         sparsity=None,  # every pattern can produce its tile masks
     )
 
-    def __init__(self, block_q: int = 256, block_k: int = 512) -> None:
+    def __init__(self, block_q: int = 256, block_k: int = 256) -> None:
         self.block_q = block_q
         self.block_k = block_k
 

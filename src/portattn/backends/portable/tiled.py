@@ -4,11 +4,18 @@ Memory beyond inputs and outputs is O(seqlen): one ``(block_q, block_k)`` score 
 (batch, head) at a time, never a ``seqlen_q x seqlen_k`` tensor. Tiles outside the causal/window
 band are never visited; tiles a sparsity pattern hides entirely are skipped. GQA is served by
 grouping query heads over their key/value head, without repeating K/V.
+
+Layout: every matmul is a ``torch.bmm`` over ``batch * heads_kv`` with the ``group`` query heads of
+one key/value head stacked along the rows, so a query block is ``(batch * heads_kv, group * rows, dim)``
+and K/V tiles are ``(batch * heads_kv, keys, dim)`` (views of float32 inputs when ``batch == 1`` or
+``heads_kv == 1``). Scores are kept in base 2 (the softmax scale times ``log2(e)`` is folded into the
+query block, as FlashAttention does) because ``exp2`` is much cheaper than ``exp`` on CPUs; score
+tiles are updated in place.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,21 +25,8 @@ from portattn import _alloc
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
 
-
-@dataclass
-class _Grouped:
-    """Inputs as float32 ``(batch, heads_kv, group, seqlen, dim)``; K/V have group 1."""
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-
-
-def _grouped(call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> _Grouped:
-    def split(x: torch.Tensor, group: int) -> torch.Tensor:
-        return x.transpose(1, 2).unflatten(1, (call.heads_kv, group)).float()
-
-    return _Grouped(split(q, call.group_size), split(k, 1), split(v, 1))
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
 
 
 def _to_grouped_heads(t: torch.Tensor, call: AttentionCall) -> torch.Tensor:
@@ -78,61 +72,120 @@ def _tile_mask(call: AttentionCall, qs: int, qe: int, ks: int, ke: int, device: 
     return mask
 
 
-def _scores(
-    call: AttentionCall, g: _Grouped, qs: int, qe: int, ks: int, ke: int
-) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """Masked scores of one tile ``(batch, heads_kv, group, qe-qs, ke-ks)`` and, with softcap, the
-    ``tanh`` the backward needs. None when every entry of the tile is masked."""
-    mask = _tile_mask(call, qs, qe, ks, ke, g.q.device)
-    if mask is not None and not bool(mask.any()):
-        return None
-    s = torch.matmul(g.q[..., qs:qe, :], g.k[..., ks:ke, :].transpose(-1, -2))
-    s.mul_(call.scale)
+def _heads_first(x: torch.Tensor) -> torch.Tensor:
+    """``(batch, seqlen, heads, dim)`` -> float32 ``(batch, heads, seqlen, dim)``: a view of float32 input,
+    else one contiguous float32 copy."""
+    x = x.transpose(1, 2)
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32, memory_format=torch.contiguous_format)
+    return x
+
+
+def _kv_tile(x: torch.Tensor, ks: int, ke: int) -> torch.Tensor:
+    """Keys ``[ks, ke)`` of a ``(batch, heads_kv, seqlen, dim)`` tensor as ``(batch * heads_kv, ke-ks, dim)``."""
+    return x[:, :, ks:ke].reshape(x.shape[0] * x.shape[1], ke - ks, x.shape[-1])
+
+
+def _rows(x: torch.Tensor, qs: int, qe: int, factor: float | None) -> torch.Tensor:
+    """Rows ``[qs, qe)`` of a ``(batch, seqlen, heads_q, dim)`` tensor as a new contiguous float32
+    ``(batch, heads_q, qe-qs, dim)`` (viewable as ``(batch * heads_kv, group * (qe-qs), dim)``), times ``factor``."""
+    src = x[:, qs:qe].transpose(1, 2)
+    buf = torch.empty(src.shape, dtype=torch.float32, device=x.device)
+    if factor is None:
+        return buf.copy_(src)
+    if src.dtype == torch.float32:
+        return torch.mul(src, factor, out=buf)
+    return buf.copy_(src).mul_(factor)
+
+
+def _finish_scores(
+    call: AttentionCall,
+    s: torch.Tensor,
+    qs: int,
+    qe: int,
+    ks: int,
+    ke: int,
+    mask: torch.Tensor | None,
+    keep_tanh: bool,
+) -> torch.Tensor | None:
+    """In place on ``s = (q * q_factor(call)) @ k^T`` of one tile: softcap, bias, mask; base-2 scores.
+    Returns the softcap's ``tanh`` (a copy) when ``keep_tanh``."""
     tanh = None
     if call.softcap is not None:
-        tanh = torch.tanh(s / call.softcap)
-        s = tanh * call.softcap
+        s.div_(call.softcap).tanh_()
+        if keep_tanh:
+            tanh = s.clone()
+        s.mul_(call.softcap * LOG2E)
+    if call.bias is None and mask is None:
+        return tanh
+    s5 = s.view(call.batch, call.heads_kv, call.group_size, qe - qs, ke - ks)
     if call.bias is not None:
-        s += _to_grouped_heads(call.bias[:, :, qs:qe, ks:ke], call).float()
+        s5.add_(_to_grouped_heads(call.bias[:, :, qs:qe, ks:ke], call), alpha=LOG2E)
     if mask is not None:
-        s.masked_fill_(~mask, float("-inf"))
-    return s, tanh
+        s5.masked_fill_(~mask, float("-inf"))
+    return tanh
+
+
+def q_factor(call: AttentionCall) -> float:
+    """What the query block is multiplied by: the scale, and ``log2(e)`` unless softcap applies it later."""
+    return call.scale if call.softcap is not None else call.scale * LOG2E
+
+
+def _grouped_rows(x: torch.Tensor, call: AttentionCall, qs: int, qe: int) -> torch.Tensor:
+    """``(batch, heads_q, seqlen_q)`` rows ``[qs, qe)`` -> ``(batch * heads_kv, group * (qe-qs), 1)``."""
+    return x[:, :, qs:qe].reshape(call.batch * call.heads_kv, call.group_size * (qe - qs), 1)
 
 
 def forward(
     call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype, ``lse`` float32 ``(batch, heads_q, seqlen_q)``."""
-    g = _grouped(call, q, k, v)
-    batch, heads_kv, group = call.batch, call.heads_kv, call.group_size
-    out = _alloc.empty(call.batch, call.seqlen_q, call.heads_q, call.head_dim_v, dtype=q.dtype, device=q.device)
-    out_grouped = out.view(batch, call.seqlen_q, heads_kv, group, call.head_dim_v)
-    lse = _alloc.empty(batch, heads_kv, group, call.seqlen_q, dtype=torch.float32, device=q.device)
-    for qs in range(0, call.seqlen_q, block_q):
-        qe = min(call.seqlen_q, qs + block_q)
-        row_max = torch.full((batch, heads_kv, group, qe - qs, 1), float("-inf"), device=q.device)
-        row_sum = torch.zeros_like(row_max)
-        acc = torch.zeros(batch, heads_kv, group, qe - qs, call.head_dim_v, device=q.device)
+    batch, heads_q, seqlen_q, dim_v = call.batch, call.heads_q, call.seqlen_q, call.head_dim_v
+    device = q.device
+    kh, vh = _heads_first(k), _heads_first(v)
+    out = _alloc.empty(batch, seqlen_q, heads_q, dim_v, dtype=q.dtype, device=device)
+    lse = _alloc.empty(batch, heads_q, seqlen_q, dtype=torch.float32, device=device)
+    factor = q_factor(call)
+    neg_inf = float("-inf")
+    for qs in range(0, seqlen_q, block_q):
+        qe = min(seqlen_q, qs + block_q)
         k_lo, k_hi = key_range(call, qs, qe)
+        qb = None
+        acc = row_max = row_sum = None
         for ks in range(k_lo, k_hi, block_k):
             ke = min(k_hi, ks + block_k)
-            tile = _scores(call, g, qs, qe, ks, ke)
-            if tile is None:
+            mask = _tile_mask(call, qs, qe, ks, ke, device)
+            if mask is not None and not bool(mask.any()):
                 continue
-            s = tile[0]
-            new_max = torch.maximum(row_max, s.amax(dim=-1, keepdim=True))
-            safe_max = new_max.masked_fill(torch.isinf(new_max), 0.0)  # rows with nothing visible yet
-            p = torch.exp(s - safe_max)
-            rescale = torch.exp(row_max - safe_max)
-            row_sum = row_sum * rescale + p.sum(dim=-1, keepdim=True)
-            acc = acc * rescale + torch.matmul(p, g.v[..., ks:ke, :])
+            if qb is None:
+                qb = _rows(q, qs, qe, factor).view(batch * call.heads_kv, call.group_size * (qe - qs), call.head_dim)
+            s = torch.bmm(qb, _kv_tile(kh, ks, ke).transpose(1, 2))  # (batch*heads_kv, group*rows, keys)
+            _finish_scores(call, s, qs, qe, ks, ke, mask, keep_tanh=False)
+            tile_max = s.amax(dim=-1, keepdim=True)
+            new_max = tile_max if row_max is None else torch.maximum(row_max, tile_max)
+            # only a masked or biased tile can leave a row at -inf (nothing visible yet): subtract 0 there
+            safe_max = new_max if mask is None and call.bias is None else new_max.nan_to_num(neginf=0.0)
+            p = s.sub_(safe_max).exp2_()
+            vt = _kv_tile(vh, ks, ke)
+            if acc is None:
+                row_sum = p.sum(dim=-1, keepdim=True)
+                acc = torch.bmm(p, vt)
+            else:
+                rescale = torch.sub(row_max, safe_max).exp2_()  # 0 where row_max is -inf
+                row_sum.mul_(rescale).add_(p.sum(dim=-1, keepdim=True))
+                acc.mul_(rescale).baddbmm_(p, vt)
             row_max = new_max
-        empty = row_sum == 0
-        acc = acc / torch.where(empty, torch.ones_like(row_sum), row_sum)
-        out_grouped[:, qs:qe] = acc.permute(0, 3, 1, 2, 4)
-        tile_lse = row_max.masked_fill(empty, 0.0) + torch.log(row_sum.masked_fill(empty, 1.0))
-        lse[..., qs:qe] = tile_lse.masked_fill(empty, float("-inf")).squeeze(-1)
-    return out, lse.flatten(1, 2)
+        out_rows = out[:, qs:qe].transpose(1, 2)  # (batch, heads_q, rows, dim_v) view
+        if acc is None:  # no key visible to any row of this block
+            out_rows.zero_()
+            lse[:, :, qs:qe] = neg_inf
+            continue
+        # a row that saw something has row_sum >= 1 (its max contributes exp2(0) = 1); an empty row has
+        # row_sum 0, acc 0 and row_max -inf: clamping gives out 0 and lse -inf, no NaN
+        row_sum.clamp_(min=1.0)
+        out_rows.copy_(acc.div_(row_sum).view(batch, heads_q, qe - qs, dim_v))
+        lse[:, :, qs:qe] = row_max.add_(row_sum.log2_()).mul_(LN2).view(batch, heads_q, qe - qs)
+    return out, lse
 
 
 def backward(
@@ -148,45 +201,54 @@ def backward(
     block_k: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FlashAttention-2 backward by recomputation from ``out`` and ``lse``; returns ``dq, dk, dv``."""
-    g = _grouped(call, q, k, v)
-    batch, heads_kv, group = call.batch, call.heads_kv, call.group_size
+    batch, heads_q, heads_kv, seqlen_q = call.batch, call.heads_q, call.heads_kv, call.seqlen_q
+    group, dim, dim_v = call.group_size, call.head_dim, call.head_dim_v
+    device = q.device
+    kh, vh = _heads_first(k), _heads_first(v)
+    factor = q_factor(call)
 
-    def grouped_rows(x: torch.Tensor) -> torch.Tensor:  # (batch, heads_q, seqlen_q) -> (b, hkv, g, sq, 1)
-        return x.float().unflatten(1, (heads_kv, group)).unsqueeze(-1)
-
-    do = dout.transpose(1, 2).unflatten(1, (heads_kv, group)).float()
-    delta = (dout.float() * out.float()).sum(-1).transpose(1, 2)  # (batch, heads_q, seqlen_q)
+    # per row: lse in base 2 (0 where -inf: all scores of such a row are -inf, so p = 0), and
+    # delta = rowsum(dout * out) - dlse, both (batch, heads_q, seqlen_q), computed block by block
+    lse2 = lse.float().mul(LOG2E).nan_to_num_(neginf=0.0)
+    delta = torch.empty(batch, heads_q, seqlen_q, dtype=torch.float32, device=device)
+    for qs in range(0, seqlen_q, block_q):
+        qe = min(seqlen_q, qs + block_q)
+        dot = (dout[:, qs:qe].float() * out[:, qs:qe].float()).sum(-1)
+        delta[:, :, qs:qe] = dot.transpose(1, 2)
     if dlse is not None:
-        delta = delta - dlse.float()
-    delta = grouped_rows(delta)
-    lse_g = grouped_rows(lse)
-    lse_g = lse_g.masked_fill(torch.isinf(lse_g), 0.0)  # rows that see nothing: all scores are -inf
+        delta.sub_(dlse.float())
 
-    dq = torch.zeros_like(g.q)
-    dk = _alloc.empty(batch, call.seqlen_k, heads_kv, call.head_dim, dtype=k.dtype, device=k.device)
-    dv = _alloc.empty(batch, call.seqlen_k, heads_kv, call.head_dim_v, dtype=v.dtype, device=v.device)
+    blocks = [(qs, min(seqlen_q, qs + block_q)) for qs in range(0, seqlen_q, block_q)]
+    # dq accumulates in float32 in the output layout (the returned tensor itself for float32 inputs)
+    dq = torch.zeros(batch, seqlen_q, heads_q, dim, dtype=torch.float32, device=device)
+    dk = _alloc.empty(batch, call.seqlen_k, heads_kv, dim, dtype=k.dtype, device=k.device)
+    dv = _alloc.empty(batch, call.seqlen_k, heads_kv, dim_v, dtype=v.dtype, device=v.device)
+    dk_alpha = call.scale / factor  # qb carries factor; dk needs scale
     for ks in range(0, call.seqlen_k, block_k):
         ke = min(call.seqlen_k, ks + block_k)
-        dk_acc = torch.zeros(batch, heads_kv, group, ke - ks, call.head_dim, device=q.device)
-        dv_acc = torch.zeros(batch, heads_kv, group, ke - ks, call.head_dim_v, device=q.device)
+        kt, vt = _kv_tile(kh, ks, ke), _kv_tile(vh, ks, ke)
+        dk_acc = torch.zeros(batch * heads_kv, ke - ks, dim, device=device)
+        dv_acc = torch.zeros(batch * heads_kv, ke - ks, dim_v, device=device)
         q_lo, q_hi = query_range(call, ks, ke)
-        for qs in range(q_lo, q_hi, block_q):
-            qe = min(q_hi, qs + block_q)
-            tile = _scores(call, g, qs, qe, ks, ke)
-            if tile is None:
+        for qs, qe in blocks:
+            if qe <= q_lo or qs >= q_hi:
                 continue
-            s, tanh = tile
-            p = torch.exp(s - lse_g[..., qs:qe, :])
-            do_t = do[..., qs:qe, :]
-            dv_acc += torch.matmul(p.transpose(-1, -2), do_t)
-            dp = torch.matmul(do_t, g.v[..., ks:ke, :].transpose(-1, -2))
-            ds = p * (dp - delta[..., qs:qe, :])
+            mask = _tile_mask(call, qs, qe, ks, ke, device)
+            if mask is not None and not bool(mask.any()):
+                continue
+            rows = group * (qe - qs)
+            qb = _rows(q, qs, qe, factor).view(batch * heads_kv, rows, dim)
+            dob = _rows(dout, qs, qe, None).view(batch * heads_kv, rows, dim_v)
+            s = torch.bmm(qb, kt.transpose(1, 2))
+            tanh = _finish_scores(call, s, qs, qe, ks, ke, mask, keep_tanh=True)
+            p = s.sub_(_grouped_rows(lse2, call, qs, qe)).exp2_()
+            dv_acc.baddbmm_(p.transpose(1, 2), dob)  # sums over the group's query heads too
+            ds = torch.bmm(dob, vt.transpose(1, 2)).sub_(_grouped_rows(delta, call, qs, qe)).mul_(p)
             if tanh is not None:
-                ds = ds * (1 - tanh * tanh)
-            ds.mul_(call.scale)
-            dq[..., qs:qe, :] += torch.matmul(ds, g.k[..., ks:ke, :])
-            dk_acc += torch.matmul(ds.transpose(-1, -2), g.q[..., qs:qe, :])
-        dk[:, ks:ke] = dk_acc.sum(2).transpose(1, 2)
-        dv[:, ks:ke] = dv_acc.sum(2).transpose(1, 2)
-    dq_out = dq.flatten(1, 2).transpose(1, 2).to(q.dtype)
-    return dq_out, dk, dv
+                ds.mul_(tanh.square_().neg_().add_(1.0))
+            dq_tile = torch.bmm(ds, kt).view(batch, heads_q, qe - qs, dim).transpose(1, 2)
+            dq[:, qs:qe].add_(dq_tile, alpha=call.scale)
+            dk_acc.baddbmm_(ds.transpose(1, 2), qb, alpha=dk_alpha)
+        dk[:, ks:ke] = dk_acc.view(batch, heads_kv, ke - ks, dim).transpose(1, 2)
+        dv[:, ks:ke] = dv_acc.view(batch, heads_kv, ke - ks, dim_v).transpose(1, 2)
+    return dq.to(q.dtype), dk, dv

@@ -56,7 +56,10 @@ def attention_reference(
     if call.bias is not None:
         scores = scores + call.bias.to(torch.float64)
     scores = scores.masked_fill(~allowed_mask(call, device), float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True).detach()
+    if call.seqlen_k == 0:  # amax of an empty row is an error, not -inf
+        row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
+    else:
+        row_max = scores.amax(dim=-1, keepdim=True).detach()
     row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max)
     exp = torch.exp(scores - row_max)
     denom = exp.sum(dim=-1, keepdim=True)

@@ -1,0 +1,29 @@
+"""Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, both tile paths.
+
+Exits non-zero if any output differs from the reference (the sanitizer reports bad accesses itself).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from portattn.testing import Case, run_case
+
+CASES = [
+    Case(batch=1, seqlen_q=77, seqlen_k=131, heads_q=4, heads_kv=2, head_dim=64, causal=True),
+    Case(batch=2, seqlen_q=130, seqlen_k=65, heads_q=2, heads_kv=2, head_dim=96, window=(20, 3)),
+    Case(batch=1, seqlen_q=64, seqlen_k=200, heads_q=2, heads_kv=1, head_dim=128, softcap=20.0, layout="bhsd"),
+    Case(batch=1, seqlen_q=33, seqlen_k=33, heads_q=2, heads_kv=2, head_dim=256, causal=True),
+]
+
+failed = 0
+for path in ("1", "0"):
+    os.environ["PORTATTN_TRITON_TMA"] = path
+    for case in CASES:
+        result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
+        print(f"tma={path} {result.id}: {result.status} {result.message[:200]}")
+        failed += result.status != "pass"
+sys.exit(1 if failed else 0)

@@ -1,0 +1,83 @@
+"""Sweep launch configs of ``triton_hopper`` on a GPU and print the fastest per (kernel, head dim, causal).
+
+    python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048]
+
+Each config is checked against torch SDPA before it is timed (a fast wrong config must not win).
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+import torch
+import triton.testing
+
+import portattn
+from portattn.backends.triton_hopper import configs
+from portattn.backends.triton_hopper.configs import Config
+
+FWD = [Config(*c) for c in [(128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3),
+                            (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3)]]  # fmt: skip
+DKDV = [Config(*c) for c in [(32, 64, 4, 2), (32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2),
+                             (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)]]  # fmt: skip
+DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 2),
+                           (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3)]]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqlen", type=int, default=4096)
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--head-dims", default="64,128")
+    ap.add_argument("--kernels", default="fwd,dkdv,dq")
+    args = ap.parse_args()
+    for d in map(int, args.head_dims.split(",")):
+        for causal in (False, True):
+            b, h, s = max(1, args.tokens // args.seqlen), args.hidden // d, args.seqlen
+            q, k, v = (
+                torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
+            )
+            ref = torch.nn.functional.scaled_dot_product_attention(
+                *(t.transpose(1, 2) for t in (q, k, v)), is_causal=causal
+            ).transpose(1, 2)
+            dout = torch.randn_like(ref)
+            ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
+            flops = 4 * b * h * s * s * d / (2 if causal else 1)
+            for kernel, space in (("fwd", FWD), ("dkdv", DKDV), ("dq", DQ)):
+                if kernel not in args.kernels:
+                    continue
+                results = []
+                for cfg in space:
+                    configs.OVERRIDE.clear()
+                    configs.OVERRIDE[kernel] = cfg
+                    try:
+                        if kernel == "fwd":
+                            fn = partial(portattn.attention, q.detach(), k.detach(), v.detach(), causal=causal)
+                            err = (fn() - ref).abs().max().item()
+                            work = flops
+                        else:
+                            out = portattn.attention(q, k, v, causal=causal)
+                            fn = partial(torch.autograd.grad, out, (q, k, v), dout, retain_graph=True)
+                            grads = fn()
+                            idx = {"dkdv": (1, 2), "dq": (0,)}[kernel]
+                            err = max((grads[i] - ref_grads[i]).abs().max().item() for i in idx)
+                            work = 2.5 * flops  # the backward's share of 3.5x
+                        if not err < 0.1:
+                            results.append((0.0, cfg, f"WRONG err={err:.3g}"))
+                            continue
+                        ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+                        results.append((work / ms / 1e9, cfg, f"{ms:.3f} ms err={err:.2g}"))
+                    except Exception as exc:  # a config that does not compile (shared memory) is skipped
+                        results.append((0.0, cfg, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+                results.sort(key=lambda r: -r[0])
+                best = results[0]
+                print(f"d={d} causal={causal} {kernel}: best {best[1]} {best[0]:.0f} TF/s ({best[2]})")
+                for tf, cfg, note in results[1:4]:
+                    print(f"    {cfg} {tf:.0f} TF/s ({note})")
+    configs.OVERRIDE.clear()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
+# Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
+#   PHASES    comma list of tests,realtests,memcheck,tune,bench  (default tests,memcheck,bench)
+#   SEQLENS   for bench (default 1024,4096,16384)
+#   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
+set -uo pipefail
+PHASES=${1:-tests,memcheck,bench}
+SEQ=${2:-1024,4096,16384}
+BASE=${3:-torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex}
+OUT=${OUT:-/tmp/portattn-gpu}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+status=0
+has() { [[ ",$PHASES," == *",$1,"* ]]; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" \
+  | tee -a "$OUT/device.txt"
+
+if has tests; then
+  echo "== GPU tests"
+  timeout 270 $PY -m pytest -q -m "gpu or hopper" tests/test_gpu.py -p no:cacheprovider --durations=5 >"$OUT/gpu_tests.log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -20
+  tail -2 "$OUT/gpu_tests.log"
+fi
+if has realtests; then
+  echo "== GPU tests at real sizes"
+  timeout 150 $PY -m pytest -q tests/test_gpu.py -k "real_sizes or deterministic or dispatch" -p no:cacheprovider \
+    >"$OUT/gpu_real.log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)" "$OUT/gpu_real.log" | head -20
+  tail -1 "$OUT/gpu_real.log"
+fi
+if has memcheck && command -v compute-sanitizer >/dev/null; then
+  echo "== compute-sanitizer memcheck (small shapes)"
+  timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/sanitize_shapes.py >"$OUT/memcheck.log" 2>&1 \
+    || status=1
+  grep -E "ERROR SUMMARY|fail" "$OUT/memcheck.log" | head -5
+fi
+if has tune; then
+  echo "== tuning"
+  timeout 200 $PY benchmarks/tune_triton_hopper.py 2>&1 | tee "$OUT/tune.log" | grep best
+fi
+if has bench; then
+  echo "== benchmarks"
+  timeout 420 $PY -m portattn bench --seqlens "$SEQ" --head-dims 64,128 --mode both --no-progress \
+    --backends triton_hopper --baselines "$BASE" --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1 || status=1
+  $PY benchmarks/ratios.py "$OUT/bench.json" | tee "$OUT/table.md"
+fi
+exit $status

@@ -1,0 +1,73 @@
+"""``triton_hopper``: FlashAttention-2 in Triton, TMA tensor descriptors on sm90+, forward and backward.
+
+This module holds the capabilities and checks only; triton is imported when the backend first runs.
+Under ``TRITON_INTERPRET=1`` the same kernels run on any device (CPU tensors in CI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+from portattn import _call
+from portattn._backend import Backend, Capabilities, capability_reasons
+
+if TYPE_CHECKING:
+    from portattn._call import AttentionCall
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+class TritonHopperBackend(Backend):
+    """Triton kernels: online softmax, band-aware block skipping, GQA without repeated K/V."""
+
+    name = "triton_hopper"
+    priority = 300
+    description = "Triton FlashAttention-2: TMA tensor descriptors + software pipelining on sm90, pointer path on sm80"
+    capabilities = Capabilities(
+        devices=frozenset({"cuda"}),
+        compute_capability=((8, 0), None),
+        max_head_dim=256,
+        features=frozenset(
+            {
+                _call.CAUSAL,
+                _call.WINDOW,
+                _call.SOFTCAP,
+                _call.GQA,
+                _call.LSE,
+                _call.BACKWARD,
+                _call.LSE_BACKWARD,
+                _call.HEAD_DIM_V,
+            }
+        ),  # fmt: skip
+    )
+    # Under the interpreter the kernels run on whatever device holds the tensors.
+    interpreter_capabilities = dataclasses.replace(capabilities, devices=None, compute_capability=None)
+
+    def available(self) -> str | None:
+        if not _interpreting() and not torch.cuda.is_available():  # decided without importing triton
+            return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly, for tests)"
+        try:
+            import triton  # noqa: F401
+        except Exception as exc:  # missing, or broken against this torch
+            return f"triton is not importable ({type(exc).__name__}: {exc}); pip install 'portattn[triton]'"
+        return None
+
+    def reasons(self, call: AttentionCall) -> list[str]:
+        caps = self.interpreter_capabilities if _interpreting() else self.capabilities
+        return capability_reasons(caps, call)
+
+    def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        from portattn.backends.triton_hopper import launch
+
+        return launch.forward(call, q, k, v)
+
+    def backward(self, call, q, k, v, out, lse, dout, dlse=None):
+        from portattn.backends.triton_hopper import launch
+
+        return launch.backward(call, q, k, v, out, lse, dout, dlse)

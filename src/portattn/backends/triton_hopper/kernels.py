@@ -1,0 +1,343 @@
+"""Triton kernels of ``triton_hopper``: FlashAttention-2 forward and backward (dK/dV and dQ kernels).
+
+One source serves every target: with ``USE_TMA`` the tiles move through tensor descriptors (TMA on
+sm90+), without it through plain pointer arithmetic (sm80/sm89, strides TMA cannot describe, and
+the interpreter). No ``tl.make_block_ptr``: it is gone in Triton 3.9.
+
+Visibility is the band ``lo <= j - i <= hi`` (``HAS_LO``/``HAS_HI`` off = unbounded). Key blocks
+outside the band are never loaded; blocks wholly inside it run without mask arithmetic; the blocks
+on the band's edges run a masked copy of the same inner loop. Softmax in base 2 with the scale
+folded into one multiply. GQA: query head ``h`` reads key/value head ``h // GROUP``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``a @ b`` with fp32 accumulation. ``UPCAST`` (interpreter only) multiplies in fp32: the Triton 3.9
+    interpreter gets bf16 dots wrong; bf16 values are exact in fp32, so the result is the same."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _tile(desc, row0, seqlen, stride, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr):
+    """Rows ``[row0, row0 + BLOCK_R)`` x ``[0, BLOCK_D)`` of one head; zeros outside ``seqlen x dim``."""
+    if USE_TMA:
+        return desc.load([row0, 0])
+    else:
+        rows = row0 + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_D)
+        mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
+        return tl.load(desc + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_tile(desc, row0, seqlen, stride, dim, value, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                USE_TMA: tl.constexpr):  # fmt: skip
+    if USE_TMA:
+        desc.store([row0, 0], value)
+    else:
+        rows = row0 + tl.arange(0, BLOCK_R)
+        cols = tl.arange(0, BLOCK_D)
+        mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
+        tl.store(desc + rows[:, None] * stride + cols[None, :], value, mask=mask)
+
+
+@triton.jit
+def _head(base, stride_s, seqlen, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr):
+    """A (seqlen, dim) view of one head: a tensor descriptor, or the base pointer itself."""
+    if USE_TMA:
+        return tl.make_tensor_descriptor(
+            base, shape=[seqlen, dim], strides=[stride_s, 1], block_shape=[BLOCK_R, BLOCK_D]
+        )
+    else:
+        return base
+
+
+@triton.jit
+def _span(start0, start1, seqlen_other, band_lo, band_hi, BLOCK: tl.constexpr, OTHER_BLOCK: tl.constexpr,
+          HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):  # fmt: skip
+    """For one block of rows ``[start0, start1)`` of one axis, the range of the other axis it can see
+    under ``lo <= other - row <= hi``, split as ``(first, full_first, full_last, last)``: blocks in
+    ``[full_first, full_last)`` lie inside the band and inside ``seqlen_other``, and need no mask."""
+    first = 0
+    last = seqlen_other
+    full_lo = 0
+    full_hi = seqlen_other
+    if HAS_LO:
+        first = tl.maximum(start0 + band_lo, 0)
+        full_lo = start1 - 1 + band_lo
+    if HAS_HI:
+        last = tl.minimum(start1 - 1 + band_hi + 1, seqlen_other)
+        full_hi = start0 + band_hi + 1
+    last = tl.maximum(last, first)
+    full_first = first + tl.cdiv(tl.maximum(full_lo - first, 0), OTHER_BLOCK) * OTHER_BLOCK
+    full_first = tl.minimum(full_first, last)
+    full_end = tl.minimum(full_hi, last)
+    n_full = tl.maximum(full_end - full_first, 0) // OTHER_BLOCK
+    full_last = full_first + n_full * OTHER_BLOCK
+    return first, full_first, full_last, last
+
+
+@triton.jit
+def _band_mask(rows, cols, seqlen_k, band_lo, band_hi, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
+    rel = cols[None, :] - rows[:, None]
+    mask = cols[None, :] < seqlen_k
+    if HAS_LO:
+        mask = mask & (rel >= band_lo)
+    if HAS_HI:
+        mask = mask & (rel <= band_hi)
+    return mask
+
+
+@triton.jit
+def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    """Scores in base 2 from raw ``q . k``, and ``tanh`` of the capped argument (for the backward)."""
+    if HAS_SOFTCAP:
+        t = 2.0 * tl.sigmoid(2.0 * qk * (qk_scale / softcap)) - 1.0  # tanh(x) without libdevice
+        return t * softcap, t  # qk_scale already holds log2(e) * scale; softcap is in base-2 units
+    else:
+        return qk * qk_scale, qk
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks, stride_vs,
+               head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+               HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    for start_n in tl.range(k_first, k_last, BLOCK_N):
+        k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+        qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
+        s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
+        if MASKED:
+            offs_n = start_n + tl.arange(0, BLOCK_N)
+            s = tl.where(_band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI), s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = m_new
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def attn_fwd(Q, K, V, Out, LSE,
+             stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+             stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
+             seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+             GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+             WRITE_LSE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             UPCAST: tl.constexpr):  # fmt: skip
+    """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
+    batch*heads_q)``. Under a causal-type band the last query blocks see the most keys: run them first."""
+    pid_m = tl.program_id(0)
+    if HAS_HI:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // heads_q
+    h = bh % heads_q
+    hk = h // GROUP
+    q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+    k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+    v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+    o_head = _head(Out + b * stride_ob + h * stride_oh, stride_os, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV, USE_TMA)
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+
+    first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
+                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, first, full_first, seqlen_k,
+                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, USE_TMA,
+                               DOT_PRECISION, UPCAST)  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_first, full_last, seqlen_k,
+                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                               BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, USE_TMA,
+                               DOT_PRECISION, UPCAST)  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_last, last, seqlen_k,
+                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, USE_TMA,
+                               DOT_PRECISION, UPCAST)  # fmt: skip
+
+    empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(Out.dtype.element_ty), BLOCK_M, BLOCK_DV,
+                USE_TMA)  # fmt: skip
+    if WRITE_LSE:
+        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        tl.store(LSE + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+                  stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                  stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+                  stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+                  seqlen_q, seqlen_k, heads_kv, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                  GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                  USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """One program: ``BLOCK_N`` keys of one (batch, kv head), summing over the head's query group.
+
+    Grid ``(cdiv(seqlen_k, BLOCK_N), batch*heads_kv)``; no atomics, deterministic."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = bh // heads_kv
+    hk = bh % heads_kv
+    k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+    v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+    k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+    v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    # rows that can see these keys: -hi <= i - j <= -lo (padded rows and keys contribute zero here)
+    first, full_first, full_last, last = _span(start_n, start_n + BLOCK_N, seqlen_q, -band_hi, -band_lo,
+                                               BLOCK_N, BLOCK_M, HAS_HI, HAS_LO)  # fmt: skip
+    heads_q = heads_kv * GROUP
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+        do_head = _head(DO + b * stride_dob + h * stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
+                        USE_TMA)  # fmt: skip
+        rows_base = (b * heads_q + h) * seqlen_q
+        for part in tl.static_range(3):
+            if part == 0:
+                lo_m, hi_m = first, full_first
+            elif part == 1:
+                lo_m, hi_m = full_first, full_last
+            else:
+                lo_m, hi_m = full_last, last
+            for start_m in tl.range(lo_m, hi_m, BLOCK_M):
+                offs_m = start_m + tl.arange(0, BLOCK_M)
+                q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+                do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, USE_TMA)
+                in_rows = offs_m < seqlen_q
+                lse = tl.load(LSE + rows_base + offs_m, mask=in_rows, other=0.0)
+                lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
+                delta = tl.load(DELTA + rows_base + offs_m, mask=in_rows, other=0.0)
+                kq = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST)  # [BLOCK_N, BLOCK_M]
+                s, t = _scores(kq, qk_scale, softcap, HAS_SOFTCAP)
+                p = tl.math.exp2(s - lse[None, :])
+                if part != 1:
+                    mask = _band_mask(offs_n, offs_m, seqlen_q, -band_hi, -band_lo, HAS_HI, HAS_LO)
+                    p = tl.where(mask, p, 0.0)
+                dv += _dot(p.to(do.dtype), do, DOT_PRECISION, UPCAST)
+                dp = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST)
+                ds = p * (dp - delta[None, :])
+                if HAS_SOFTCAP:
+                    ds = ds * (1.0 - t * t)
+                dk += _dot(ds.to(q.dtype), q, DOT_PRECISION, UPCAST)
+    dk_head = _head(DK + b * stride_dkb + hk * stride_dkh, stride_dks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+    dv_head = _head(DV + b * stride_dvb + hk * stride_dvh, stride_dvs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV,
+                    USE_TMA)  # fmt: skip
+    dk = dk * (qk_scale * 0.6931471805599453)  # qk_scale holds log2(e) * scale
+    _store_tile(dk_head, start_n, seqlen_k, stride_dks, head_dim, dk.to(DK.dtype.element_ty), BLOCK_N, BLOCK_D,
+                USE_TMA)  # fmt: skip
+    _store_tile(dv_head, start_n, seqlen_k, stride_dvs, head_dim_v, dv.to(DV.dtype.element_ty), BLOCK_N, BLOCK_DV,
+                USE_TMA)  # fmt: skip
+
+
+@triton.jit
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+                stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+                stride_dqb, stride_dqs, stride_dqh,
+                seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's."""
+    pid_m = tl.program_id(0)
+    if HAS_HI:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    start_m = pid_m * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // heads_q
+    h = bh % heads_q
+    hk = h // GROUP
+    q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+    do_head = _head(DO + b * stride_dob + h * stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
+                    USE_TMA)  # fmt: skip
+    k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+    v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    in_rows = offs_m < seqlen_q
+    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+    do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, USE_TMA)
+    lse = tl.load(LSE + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
+    lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
+    delta = tl.load(DELTA + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
+    first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
+                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)  # fmt: skip
+    for part in tl.static_range(3):
+        if part == 0:
+            lo_n, hi_n = first, full_first
+        elif part == 1:
+            lo_n, hi_n = full_first, full_last
+        else:
+            lo_n, hi_n = full_last, last
+        for start_n in tl.range(lo_n, hi_n, BLOCK_N):
+            k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+            v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+            qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
+            s, t = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
+            p = tl.math.exp2(s - lse[:, None])
+            if part != 1:
+                offs_n = start_n + tl.arange(0, BLOCK_N)
+                p = tl.where(_band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI), p, 0.0)
+            dp = _dot(do, tl.trans(v), DOT_PRECISION, UPCAST)
+            ds = p * (dp - delta[:, None])
+            if HAS_SOFTCAP:
+                ds = ds * (1.0 - t * t)
+            dq += _dot(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
+    dq_head = _head(DQ + b * stride_dqb + h * stride_dqh, stride_dqs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+    dq = dq * (qk_scale * 0.6931471805599453)
+    _store_tile(dq_head, start_m, seqlen_q, stride_dqs, head_dim, dq.to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D,
+                USE_TMA)  # fmt: skip
+
+
+@triton.jit
+def attn_bwd_delta(Out, DO, DLSE, DELTA, stride_ob, stride_os, stride_oh, stride_dob, stride_dos, stride_doh,
+                   seqlen_q, heads_q, head_dim_v, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   HAS_DLSE: tl.constexpr):  # fmt: skip
+    """``delta = rowsum(dO * O) - dlse`` in float32, ``(batch, heads_q, seqlen_q)``: one read of each."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b = bh // heads_q
+    h = bh % heads_q
+    rows = start_m + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_DV)
+    mask = (rows[:, None] < seqlen_q) & (cols[None, :] < head_dim_v)
+    o = tl.load(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + cols[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + cols[None, :], mask=mask,
+                 other=0.0)  # fmt: skip
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh * seqlen_q + rows, mask=rows < seqlen_q, other=0.0)
+    tl.store(DELTA + bh * seqlen_q + rows, delta, mask=rows < seqlen_q)

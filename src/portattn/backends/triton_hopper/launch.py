@@ -1,0 +1,162 @@
+"""Host side of ``triton_hopper``: picks configs and the TMA or pointer path, launches the kernels.
+
+Imported only when the backend first runs (it imports triton).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+import triton
+
+from portattn import _alloc
+from portattn._device import cuda_capability
+from portattn.backends.triton_hopper import configs, kernels
+
+if TYPE_CHECKING:
+    from portattn._call import AttentionCall
+
+TMA_ENV = "PORTATTN_TRITON_TMA"  # "0" forces the pointer path, "1" the descriptor path (interpreter tests)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
+
+
+def _scratch(size: int, alignment: int, stream: int | None) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
+
+
+def _ensure_allocator() -> None:
+    """Device-side tensor descriptors need scratch memory from a Triton allocator. Triton keeps it
+    in a ContextVar, and autograd runs the backward on another thread: set it at every launch."""
+    triton.set_allocator(_scratch)
+
+
+def _capability(t: torch.Tensor) -> tuple[int, int] | None:
+    return None if interpreting() or t.device.type != "cuda" else cuda_capability(t.device)
+
+
+def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
+    """TMA needs sm90+, a contiguous last dim, 16-byte aligned bases and strides, and no empty dim."""
+    forced = os.environ.get(TMA_ENV)
+    if capability is None:  # the interpreter runs either path on CPU tensors: tests choose
+        return forced == "1"
+    if forced == "0" or capability < (9, 0):
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16:
+            return False
+        if any((s * size) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _block_d(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _common(call: AttentionCall) -> dict:
+    lo, hi = call.band
+    softcap = call.softcap if call.softcap is not None else 1.0
+    return {
+        "band_lo": lo if lo is not None else 0,
+        "band_hi": hi if hi is not None else 0,
+        "qk_scale": call.scale * kernels.LOG2E,
+        "softcap": softcap * kernels.LOG2E,
+        "GROUP": call.group_size,
+        "BLOCK_D": _block_d(call.head_dim),
+        "BLOCK_DV": _block_d(call.head_dim_v),
+        "HAS_LO": lo is not None,
+        "HAS_HI": hi is not None,
+        "HAS_SOFTCAP": call.softcap is not None,
+        "DOT_PRECISION": "ieee" if call.dtype == torch.float32 else "tf32",
+        "UPCAST": interpreting() and call.dtype == torch.bfloat16,
+    }
+
+
+def _bsh(t: torch.Tensor) -> tuple[int, int, int]:
+    """Strides of (batch, seqlen, heads) for a ``(batch, seqlen, heads, dim)`` tensor."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _lastdim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def forward(
+    call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out (batch, seqlen_q, heads_q, head_dim_v)``, ``lse`` float32 ``(batch, heads_q, seqlen_q)``."""
+    q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
+    b, sq, hq = call.batch, call.seqlen_q, call.heads_q
+    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
+    lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    cap = _capability(q)
+    cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
+                       fp32=call.dtype == torch.float32)  # fmt: skip
+    use_tma = call.seqlen_k > 0 and _tma_ok(cap, q, k, v, out)
+    if use_tma:
+        _ensure_allocator()
+    grid = (triton.cdiv(sq, cfg.block_m), b * hq)
+    kernels.attn_fwd[grid](
+        q, k, v, out, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
+        sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, USE_TMA=use_tma,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
+    )  # fmt: skip
+    return out, lse
+
+
+def backward(
+    call: AttentionCall,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlashAttention-2 backward: a delta pass, a dK/dV kernel over key blocks, a dQ kernel over query blocks."""
+    q, k, v, out, dout = (_lastdim_contiguous(t) for t in (q, k, v, out, dout))
+    b, sq, sk, hq, hkv = call.batch, call.seqlen_q, call.seqlen_k, call.heads_q, call.heads_kv
+    dq = _alloc.empty(b, sq, hq, call.head_dim, dtype=q.dtype, device=q.device)
+    dk = _alloc.empty(b, sk, hkv, call.head_dim, dtype=k.dtype, device=k.device)
+    dv = _alloc.empty(b, sk, hkv, call.head_dim_v, dtype=v.dtype, device=v.device)
+    if sq == 0 or sk == 0 or b == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    cap = _capability(q)
+    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32}
+    dim = max(call.head_dim, call.head_dim_v)
+    delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    cfg = configs.pick("dq", dim, cap, **tuning)
+    lse = lse.contiguous()
+    dlse_arg = dlse.float().contiguous() if dlse is not None else delta
+    kernels.attn_bwd_delta[(triton.cdiv(sq, cfg.block_m), b * hq)](
+        out, dout, dlse_arg, delta, *_bsh(out), *_bsh(dout), sq, hq, call.head_dim_v,
+        BLOCK_M=cfg.block_m, BLOCK_DV=_block_d(call.head_dim_v), HAS_DLSE=dlse is not None,
+    )  # fmt: skip
+    use_tma = _tma_ok(cap, q, k, v, dout, dq, dk, dv)
+    if use_tma:
+        _ensure_allocator()
+    common = _common(call)
+    kv_cfg = configs.pick("dkdv", dim, cap, **tuning)
+    kernels.attn_bwd_dkdv[(triton.cdiv(sk, kv_cfg.block_n), b * hkv)](
+        q, k, v, dout, lse, delta, dk, dv, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
+        sq, sk, hkv, call.head_dim, call.head_dim_v,
+        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, USE_TMA=use_tma,
+        num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
+    )  # fmt: skip
+    kernels.attn_bwd_dq[(triton.cdiv(sq, cfg.block_m), b * hq)](
+        q, k, v, dout, lse, delta, dq, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
+        sq, sk, hq, call.head_dim, call.head_dim_v,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=use_tma,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+    )  # fmt: skip
+    return dq, dk, dv
