@@ -27,7 +27,7 @@ if has tests; then
 fi
 if has realtests; then
   echo "== GPU tests at real sizes"
-  timeout 150 $PY -m pytest -q tests/test_gpu.py -k "real_sizes or deterministic or dispatch" -p no:cacheprovider \
+  timeout 150 $PY -m pytest -q tests/test_gpu.py -k "real_sizes or deterministic or dispatch or compile" -p no:cacheprovider \
     >"$OUT/gpu_real.log" 2>&1 || status=1
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_real.log" | head -20
   tail -1 "$OUT/gpu_real.log"

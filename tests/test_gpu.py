@@ -78,3 +78,18 @@ def test_deterministic_backward():
         grads.append((q.grad.clone(), k.grad.clone(), v.grad.clone()))
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
+
+
+def test_torch_compile_fullgraph_on_gpu():
+    q, k, v = (torch.randn(2, 512, 8, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+
+    def block(q, k, v):
+        return portattn.attention(q, k, v, causal=True) * 2
+
+    compiled = torch.compile(block, fullgraph=True)
+    out, expected = compiled(q, k, v), block(q, k, v)
+    torch.testing.assert_close(out, expected)
+    for a, b in zip(
+        torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v)), strict=True
+    ):
+        torch.testing.assert_close(a, b)

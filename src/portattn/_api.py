@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from portattn import _call, _dispatch, _registry
+from portattn import _call, _compile, _dispatch, _registry
 from portattn._call import AttentionCall
 
 if TYPE_CHECKING:
@@ -68,10 +68,42 @@ def run(
     top_left: bool = False,
 ) -> Any:
     """Validate (or find in the cache), dispatch, and run one call."""
+    call, chosen = resolve(
+        q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity, bias=bias,
+        precision=precision, return_lse=return_lse, backend=backend, top_left=top_left,
+    )  # fmt: skip
+    if call.requires_grad:
+        out, lse = _AttentionFunction.apply(q, k, v, chosen, call)
+    else:
+        out, lse = chosen.forward(call, q, k, v)
+    return (out, lse) if return_lse else out
+
+
+def resolve(
+    q: Any,
+    k: Any,
+    v: Any,
+    *,
+    causal: Any,
+    window: Any,
+    scale: Any,
+    softcap: Any,
+    sparsity: SparsityPattern | None,
+    bias: torch.Tensor | None,
+    precision: Any,
+    return_lse: Any,
+    backend: str | None,
+    top_left: bool,
+    grad: bool | None = None,
+) -> tuple[AttentionCall, Backend]:
+    """The validated call and the backend that serves it, from the cache when the signature was seen.
+
+    ``grad`` overrides whether a backward is needed (else: grad mode and ``requires_grad``)."""
     forced = _dispatch.forced_name(backend)
     reg = _registry.get()
     try:
-        grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        if grad is None:
+            grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         key = (
             q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
             causal, window, scale, softcap, precision, return_lse, grad, top_left, forced, reg.version,
@@ -84,7 +116,7 @@ def run(
     if hit is None:
         call = _call.normalize(
             q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
-            bias=bias, precision=precision, return_lse=return_lse, top_left=top_left,
+            bias=bias, precision=precision, return_lse=return_lse, top_left=top_left, requires_grad=grad,
         )  # fmt: skip
         chosen = _dispatch.select(call, forced)
         if key is not None:
@@ -95,11 +127,7 @@ def run(
         call, chosen = hit
         if sparsity is not None or bias is not None:
             call = call.with_tensors(sparsity, bias)
-    if call.requires_grad:
-        out, lse = _AttentionFunction.apply(q, k, v, chosen, call)
-    else:
-        out, lse = chosen.forward(call, q, k, v)
-    return (out, lse) if return_lse else out
+    return call, chosen
 
 
 def attention(
@@ -135,6 +163,9 @@ def attention(
         ``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype, or ``(out, lse)``.
         A query row that sees no key has out 0 and lse ``-inf``.
     """
+    if torch.compiler.is_compiling() and sparsity is None and precision is None:
+        # one opaque custom op for torch.compile: no graph break; dispatch happens when it runs
+        return _compile.attention(q, k, v, causal, window, scale, softcap, return_lse, backend)
     return run(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
         precision=precision, return_lse=return_lse, backend=backend,

@@ -165,6 +165,7 @@ def normalize(
     precision: Any,
     return_lse: Any,
     top_left: bool,
+    requires_grad: bool | None = None,
 ) -> AttentionCall:
     """Validate one call's arguments and describe it. Raises before any kernel runs."""
     from portattn.sparse import SparsityPattern
@@ -228,7 +229,8 @@ def normalize(
     if bias is not None:
         _check_bias(bias, batch, heads_q, seqlen_q, seqlen_k, q.device)
 
-    requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if requires_grad is None:
+        requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     features = set()
     if causal:
         features.add(CAUSAL)

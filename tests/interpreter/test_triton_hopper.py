@@ -50,3 +50,18 @@ def test_reasons_for_what_it_cannot_serve():
     q = torch.randn(1, 5, 2, 320)
     with pytest.raises(portattn.NoBackendError, match="head_dim 320 larger than the supported maximum 256"):
         portattn.attention(q, q, q, backend="triton_hopper")
+
+
+def test_torch_compile_traces_through_without_graph_breaks():
+    q, k, v = (torch.randn(1, 21, 2, 16, requires_grad=True) for _ in range(3))
+
+    def block(q, k, v):
+        return portattn.attention(q, k, v, causal=True, backend="triton_hopper") * 3
+
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    out, expected = compiled(q, k, v), block(q, k, v)
+    torch.testing.assert_close(out, expected)
+    for a, b in zip(
+        torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v)), strict=True
+    ):
+        torch.testing.assert_close(a, b)

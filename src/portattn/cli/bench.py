@@ -73,19 +73,29 @@ def flops(batch: int, heads: int, seqlen: int, head_dim: int, causal: bool, mode
     return f * 3.5 if mode == "fwd+bwd" else f
 
 
+WARMUP_MS = 100.0  # run at least this long before timing: clocks ramp up after idle (e.g. a compile)
+
+
 def _timer(device: torch.device, repeats: int) -> Callable[[Callable[[], object]], float]:
     def time_cuda(fn: Callable[[], object]) -> float:
         fn()
         torch.cuda.synchronize(device)
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+        start = time.perf_counter()
+        calls = 0
+        while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
             fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
+            torch.cuda.synchronize(device)  # without it the CPU would queue far more than WARMUP_MS of work
+            calls += 1
+        per_call_ms = (time.perf_counter() - start) * 1e3 / calls
+        # back to back, as in a model: one event pair per call, one synchronize at the end
+        n = max(repeats, min(200, int(WARMUP_MS / max(per_call_ms, 1e-3))))  # ~100 ms of samples
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+        for start_event, end_event in events:
+            start_event.record()
+            fn()
+            end_event.record()
+        torch.cuda.synchronize(device)
+        return statistics.median(s.elapsed_time(e) for s, e in events)
 
     def time_cpu(fn: Callable[[], object]) -> float:
         fn()
@@ -234,17 +244,21 @@ def run(args: argparse.Namespace) -> int:
                     note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
             points.append(Point(name, mode, batch, seqlen, heads, heads_kv, head_dim, causal,
                                 str(dtype).replace("torch.", ""), ms, tf, note))  # fmt: skip
+            if args.json:  # after every point, so that a run cut short keeps what it measured
+                _write_json(args.json, points, device, dtype)
     if not args.no_progress:
         print(file=sys.stderr)
     _print_table(points, device, dtype)
-    if args.json:
-        meta = {"device": _device_name(device), "torch": torch.__version__, "dtype": str(dtype),
-                "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}  # fmt: skip
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "points": [asdict(p) for p in points]}, f, indent=1)
     if args.plot:
         return _plot(points, args.plot)
     return 0
+
+
+def _write_json(path: str, points: list[Point], device: torch.device, dtype: torch.dtype) -> None:
+    meta = {"device": _device_name(device), "torch": torch.__version__, "dtype": str(dtype),
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv)}  # fmt: skip
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "points": [asdict(p) for p in points]}, f, indent=1)
 
 
 def _device_name(device: torch.device) -> str:

@@ -100,7 +100,7 @@ def forward(
     cap = _capability(q)
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
                        fp32=call.dtype == torch.float32)  # fmt: skip
-    use_tma = call.seqlen_k > 0 and _tma_ok(cap, q, k, v, out)
+    use_tma = call.seqlen_k > 0 and (cfg.tma or cap is None) and _tma_ok(cap, q, k, v, out)
     if use_tma:
         _ensure_allocator()
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
