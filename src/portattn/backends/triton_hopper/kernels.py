@@ -90,6 +90,18 @@ def _span(start0, start1, seqlen_other, band_lo, band_hi, BLOCK: tl.constexpr, O
 
 
 @triton.jit
+def _query_program(heads_q, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_HI: tl.constexpr):
+    """This program's first query row, its ``batch*heads_q + head`` index, batch, query head and K/V
+    head. Under a causal-type band the last query blocks see the most keys: they run first."""
+    pid_m = tl.program_id(0)
+    if HAS_HI:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    bh = tl.program_id(1)
+    h = bh % heads_q
+    return pid_m * BLOCK_M, bh, bh // heads_q, h, h // GROUP
+
+
+@triton.jit
 def _band_mask(rows, cols, seqlen_k, band_lo, band_hi, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
     rel = cols[None, :] - rows[:, None]
     mask = cols[None, :] < seqlen_k
@@ -147,15 +159,8 @@ def attn_fwd(Q, K, V, Out, LSE,
              WRITE_LSE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
              UPCAST: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
-    batch*heads_q)``. Under a causal-type band the last query blocks see the most keys: run them first."""
-    pid_m = tl.program_id(0)
-    if HAS_HI:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    start_m = pid_m * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // heads_q
-    h = bh % heads_q
-    hk = h // GROUP
+    batch*heads_q)``."""
+    start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
     k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
     v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
@@ -271,14 +276,7 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                 BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's."""
-    pid_m = tl.program_id(0)
-    if HAS_HI:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    start_m = pid_m * BLOCK_M
-    bh = tl.program_id(1)
-    b = bh // heads_q
-    h = bh % heads_q
-    hk = h // GROUP
+    start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
     do_head = _head(DO + b * stride_dob + h * stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
                     USE_TMA)  # fmt: skip
