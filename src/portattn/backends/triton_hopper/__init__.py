@@ -14,9 +14,19 @@ import torch
 
 from portattn import _call
 from portattn._backend import Backend, Capabilities, capability_reasons
+from portattn._device import cuda_capability
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
+
+
+# On an H100 the pointer path made an illegal memory access at head_dim 40 / head_dim_v 24, while
+# the same kernels are exact under the interpreter at the GPU's tile sizes and the descriptor path
+# passes on the GPU. Until that is understood, head_dim_v != head_dim runs only on the TMA path.
+POINTER_PATH_HEAD_DIM_V = (
+    "head_dim_v != head_dim needs the TMA path (sm90+): the pointer path faulted on an H100 at "
+    "head_dim 40 / head_dim_v 24 (under investigation)"
+)
 
 
 def _interpreting() -> bool:
@@ -59,8 +69,14 @@ class TritonHopperBackend(Backend):
         return None
 
     def reasons(self, call: AttentionCall) -> list[str]:
-        caps = self.interpreter_capabilities if _interpreting() else self.capabilities
-        return capability_reasons(caps, call)
+        if _interpreting():
+            return capability_reasons(self.interpreter_capabilities, call)
+        reasons = capability_reasons(self.capabilities, call)
+        if not reasons and call.head_dim != call.head_dim_v:
+            row_bytes = [d * call.dtype.itemsize for d in (call.head_dim, call.head_dim_v)]
+            if cuda_capability(call.device) < (9, 0) or any(b % 16 for b in row_bytes):
+                reasons.append(f"{POINTER_PATH_HEAD_DIM_V}; TMA needs sm90+ and head dims of a multiple of 16 bytes")
+        return reasons
 
     def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         from portattn.backends.triton_hopper import launch

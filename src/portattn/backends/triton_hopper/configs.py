@@ -31,6 +31,9 @@ SM90: dict[tuple[str, int, bool], Config] = {
     ("fwd", 128, True): Config(128, 64, 4, 2),  # 433
     ("fwd", 256, False): Config(64, 32, 4, 2),
     ("fwd", 256, True): Config(64, 32, 4, 2),
+    # backward on the descriptor path: the pointer path swept 3-15% faster in the tuner at d=128
+    # (h100_tune_bwd_pointer log) but not in the full benchmark (within run-to-run spread), and it
+    # faulted at head_dim 40 / head_dim_v 24 in the GPU battery: see POINTER_PATH_HEAD_DIM_V
     ("dkdv", 64, False): Config(64, 64, 4, 3),
     ("dkdv", 64, True): Config(32, 128, 4, 3),
     ("dkdv", 128, False): Config(64, 128, 8, 3),
@@ -67,14 +70,19 @@ def bucket(head_dim: int) -> int:
 
 
 def pick(
-    kernel: str, head_dim: int, capability: tuple[int, int] | None, *, causal: bool = False, fp32: bool = False
+    kernel: str,
+    head_dim: int,
+    capability: tuple[int, int] | None,
+    *,
+    causal: bool = False,
+    fp32: bool = False,
 ) -> Config:
     """The config for one launch; ``capability`` None means the interpreter."""
     if kernel in OVERRIDE:
         return OVERRIDE[kernel]
     if capability is None:
         return INTERPRETER
-    cfg = SM90[(kernel, bucket(head_dim), causal)] if capability >= (9, 0) else SM80[(kernel, bucket(head_dim))]
+    cfg = SM80[(kernel, bucket(head_dim))] if capability < (9, 0) else SM90[(kernel, bucket(head_dim), causal)]
     if fp32:  # twice the bytes per element: halve the key tile and the pipeline depth
         cfg = cfg._replace(block_n=max(16, cfg.block_n // 2), num_stages=max(1, cfg.num_stages - 1))
     return cfg

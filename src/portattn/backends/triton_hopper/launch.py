@@ -13,7 +13,7 @@ import triton
 
 from portattn import _alloc
 from portattn._device import cuda_capability
-from portattn.backends.triton_hopper import configs, kernels
+from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, kernels
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
@@ -55,6 +55,11 @@ def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
     return True
 
 
+def _needs_tma(call: AttentionCall, cap: tuple[int, int] | None) -> bool:
+    """head_dim_v != head_dim must take the descriptor path on a GPU (see POINTER_PATH_HEAD_DIM_V)."""
+    return cap is not None and call.head_dim != call.head_dim_v
+
+
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
@@ -87,20 +92,27 @@ def _lastdim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous()
+
+
 def forward(
     call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``out (batch, seqlen_q, heads_q, head_dim_v)``, ``lse`` float32 ``(batch, heads_q, seqlen_q)``."""
-    q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
+    cap = _capability(q)
+    prepare = _contiguous if _needs_tma(call, cap) else _lastdim_contiguous
+    q, k, v = (prepare(t) for t in (q, k, v))
     b, sq, hq = call.batch, call.seqlen_q, call.heads_q
     out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
     lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    cap = _capability(q)
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
                        fp32=call.dtype == torch.float32)  # fmt: skip
-    use_tma = call.seqlen_k > 0 and (cfg.tma or cap is None) and _tma_ok(cap, q, k, v, out)
+    use_tma = call.seqlen_k > 0 and (cfg.tma or cap is None or _needs_tma(call, cap)) and _tma_ok(cap, q, k, v, out)
+    if _needs_tma(call, cap) and call.seqlen_k > 0 and not use_tma:
+        raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
     if use_tma:
         _ensure_allocator()
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
@@ -124,14 +136,16 @@ def backward(
     dlse: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FlashAttention-2 backward: a delta pass, a dK/dV kernel over key blocks, a dQ kernel over query blocks."""
-    q, k, v, out, dout = (_lastdim_contiguous(t) for t in (q, k, v, out, dout))
+    cap = _capability(q)
+    needs_tma = _needs_tma(call, cap)
+    prepare = _contiguous if needs_tma else _lastdim_contiguous
+    q, k, v, out, dout = (prepare(t) for t in (q, k, v, out, dout))
     b, sq, sk, hq, hkv = call.batch, call.seqlen_q, call.seqlen_k, call.heads_q, call.heads_kv
     dq = _alloc.empty(b, sq, hq, call.head_dim, dtype=q.dtype, device=q.device)
     dk = _alloc.empty(b, sk, hkv, call.head_dim, dtype=k.dtype, device=k.device)
     dv = _alloc.empty(b, sk, hkv, call.head_dim_v, dtype=v.dtype, device=v.device)
     if sq == 0 or sk == 0 or b == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    cap = _capability(q)
     tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32}
     dim = max(call.head_dim, call.head_dim_v)
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
@@ -142,21 +156,23 @@ def backward(
         out, dout, dlse_arg, delta, *_bsh(out), *_bsh(dout), sq, hq, call.head_dim_v,
         BLOCK_M=cfg.block_m, BLOCK_DV=_block_d(call.head_dim_v), HAS_DLSE=dlse is not None,
     )  # fmt: skip
-    use_tma = _tma_ok(cap, q, k, v, dout, dq, dk, dv)
-    if use_tma:
+    tma_ok = _tma_ok(cap, q, k, v, dout, dq, dk, dv)
+    if needs_tma and not tma_ok:
+        raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
+    if tma_ok:
         _ensure_allocator()
     common = _common(call)
     kv_cfg = configs.pick("dkdv", dim, cap, **tuning)
     kernels.attn_bwd_dkdv[(triton.cdiv(sk, kv_cfg.block_n), b * hkv)](
         q, k, v, dout, lse, delta, dk, dv, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
         sq, sk, hkv, call.head_dim, call.head_dim_v,
-        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, USE_TMA=use_tma,
+        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, USE_TMA=tma_ok and (kv_cfg.tma or cap is None or needs_tma),
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
     )  # fmt: skip
     kernels.attn_bwd_dq[(triton.cdiv(sq, cfg.block_m), b * hq)](
         q, k, v, dout, lse, delta, dq, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
         sq, sk, hq, call.head_dim, call.head_dim_v,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=use_tma,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma_ok and (cfg.tma or cap is None or needs_tma),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return dq, dk, dv
