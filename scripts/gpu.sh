@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,tune,bench  (default tests,memcheck,bench)
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench  (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
 set -uo pipefail
@@ -37,6 +37,13 @@ if has memcheck && command -v compute-sanitizer >/dev/null; then
   timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/sanitize_shapes.py >"$OUT/memcheck.log" 2>&1 \
     || status=1
   grep -E "ERROR SUMMARY|fail" "$OUT/memcheck.log" | head -5
+fi
+if has fault; then
+  echo "== pointer-path fault, one kernel at a time (see benchmarks/pointer_fault.py)"
+  for k in fwd delta dkdv dq; do
+    timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/pointer_fault.py $k \
+      >"$OUT/fault_$k.log" 2>&1; echo "$k: exit $? $(grep -m1 -E 'Invalid|ok$' "$OUT/fault_$k.log")"
+  done
 fi
 if has tune; then
   echo "== tuning"
