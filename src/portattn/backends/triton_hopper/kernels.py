@@ -102,6 +102,17 @@ def _query_program(heads_q, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_HI: 
 
 
 @triton.jit
+def _part(part: tl.constexpr, first, full_first, full_last, last):
+    """Of a span from ``_span``: the masked head (part 0), the unmasked middle (1), the masked tail (2)."""
+    lo, hi = full_last, last
+    if part == 0:
+        lo, hi = first, full_first
+    elif part == 1:
+        lo, hi = full_first, full_last
+    return lo, hi
+
+
+@triton.jit
 def _band_mask(rows, cols, seqlen_k, band_lo, band_hi, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):
     rel = cols[None, :] - rows[:, None]
     mask = cols[None, :] < seqlen_k
@@ -230,12 +241,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                         USE_TMA)  # fmt: skip
         rows_base = (b * heads_q + h) * seqlen_q
         for part in tl.static_range(3):
-            if part == 0:
-                lo_m, hi_m = first, full_first
-            elif part == 1:
-                lo_m, hi_m = full_first, full_last
-            else:
-                lo_m, hi_m = full_last, last
+            lo_m, hi_m = _part(part, first, full_first, full_last, last)
             for start_m in tl.range(lo_m, hi_m, BLOCK_M):
                 offs_m = start_m + tl.arange(0, BLOCK_M)
                 q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
@@ -294,12 +300,7 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)  # fmt: skip
     for part in tl.static_range(3):
-        if part == 0:
-            lo_n, hi_n = first, full_first
-        elif part == 1:
-            lo_n, hi_n = full_first, full_last
-        else:
-            lo_n, hi_n = full_last, last
+        lo_n, hi_n = _part(part, first, full_first, full_last, last)
         for start_n in tl.range(lo_n, hi_n, BLOCK_N):
             k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
             v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
