@@ -55,15 +55,15 @@ class Capabilities:
     def summary(self) -> dict[str, object]:
         """JSON-friendly view (for ``portattn info --json``)."""
         cc = self.compute_capability
+        if self.head_dims is not None:
+            head_dims: object = sorted(self.head_dims)
+        else:
+            head_dims = f"<= {self.max_head_dim}" if self.max_head_dim else "any"
         return {
             "devices": sorted(self.devices) if self.devices is not None else "any",
             "compute_capability": None if cc is None else [list(cc[0]), list(cc[1]) if cc[1] else None],
             "dtypes": sorted(_dtype_name(d) for d in self.dtypes),
-            "head_dims": sorted(self.head_dims)
-            if self.head_dims is not None
-            else f"<= {self.max_head_dim}"
-            if self.max_head_dim
-            else "any",
+            "head_dims": head_dims,
             "features": sorted(self.features),
             "sparsity": sorted(self.sparsity) if self.sparsity is not None else "any",
         }
@@ -125,9 +125,13 @@ class Backend:
         """None when this backend can run on this machine, else the reason it cannot."""
         return None
 
+    def active_capabilities(self) -> Capabilities:
+        """The capabilities that apply now (a backend may widen them in a test mode)."""
+        return self.capabilities
+
     def reasons(self, call: AttentionCall) -> list[str]:
         """Why this backend cannot serve ``call`` (empty when it can)."""
-        reasons = capability_reasons(self.capabilities, call)
+        reasons = capability_reasons(self.active_capabilities(), call)
         if not reasons:
             reasons.extend(self.extra_reasons(call))
         return reasons

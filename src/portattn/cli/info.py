@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         dims = caps.get("head_dims", "")
         rows.append([
             b["name"], b["origin"], b["priority"] if b["priority"] is not None else "", status,
-            ",".join(d.replace("float", "f").replace("bf", "bf") for d in caps.get("dtypes", [])),
+            ",".join(d.replace("float", "f") for d in caps.get("dtypes", [])),
             ",".join(map(str, dims)) if isinstance(dims, list) else dims,
             ",".join(caps.get("features", [])),
         ])  # fmt: skip

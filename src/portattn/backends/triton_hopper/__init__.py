@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from portattn import _call
-from portattn._backend import Backend, Capabilities, capability_reasons
+from portattn._backend import Backend, Capabilities
 from portattn._device import cuda_capability
 
 if TYPE_CHECKING:
@@ -68,15 +68,16 @@ class TritonHopperBackend(Backend):
             return f"triton is not importable ({type(exc).__name__}: {exc}); pip install 'portattn[triton]'"
         return None
 
-    def reasons(self, call: AttentionCall) -> list[str]:
-        if _interpreting():
-            return capability_reasons(self.interpreter_capabilities, call)
-        reasons = capability_reasons(self.capabilities, call)
-        if not reasons and call.head_dim != call.head_dim_v:
-            row_bytes = [d * call.dtype.itemsize for d in (call.head_dim, call.head_dim_v)]
-            if cuda_capability(call.device) < (9, 0) or any(b % 16 for b in row_bytes):
-                reasons.append(f"{POINTER_PATH_HEAD_DIM_V}; TMA needs sm90+ and head dims of a multiple of 16 bytes")
-        return reasons
+    def active_capabilities(self) -> Capabilities:
+        return self.interpreter_capabilities if _interpreting() else self.capabilities
+
+    def extra_reasons(self, call: AttentionCall) -> list[str]:
+        if _interpreting() or call.head_dim == call.head_dim_v:
+            return []
+        row_bytes = [d * call.dtype.itemsize for d in (call.head_dim, call.head_dim_v)]
+        if cuda_capability(call.device) < (9, 0) or any(b % 16 for b in row_bytes):
+            return [f"{POINTER_PATH_HEAD_DIM_V}; TMA needs sm90+ and head dims of a multiple of 16 bytes"]
+        return []
 
     def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         from portattn.backends.triton_hopper import launch
