@@ -1,6 +1,6 @@
 """``triton_hopper`` under ``TRITON_INTERPRET=1`` (set by ``make test``) on CPU tensors.
 
-Both the TMA-descriptor and the pointer path, forward and gradients vs the float64 reference. The
+The in-kernel-descriptor (TMA), host-descriptor and pointer paths, forward and gradients vs the float64 reference. The
 same kernels run for real in tests/test_gpu.py."""
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ def interpreter(fresh_registry):
     """Built-ins only, probed afresh (the interpreter makes triton_hopper available on the CPU)."""
 
 
-@pytest.mark.parametrize("path", ["tma", "pointer"])
+@pytest.mark.parametrize("path", ["tma", "host", "pointer"])
 @pytest.mark.parametrize("index,dtype", MATRIX, ids=[f"{CASES[i].name}-{str(d)[6:]}" for i, d in MATRIX])
 def test_conformance_under_interpreter(monkeypatch, path, index, dtype):
-    monkeypatch.setenv("PORTATTN_TRITON_TMA", "1" if path == "tma" else "0")
+    monkeypatch.setenv("PORTATTN_TRITON_TMA", {"tma": "1", "host": "host", "pointer": "0"}[path])
     case = CASES[index]
     result = run_case("triton_hopper", case, dtype=dtype, seed=index)
     if "sparsity" in case.tags:

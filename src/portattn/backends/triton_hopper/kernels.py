@@ -1,8 +1,9 @@
 """Triton kernels of ``triton_hopper``: FlashAttention-2 forward and backward (dK/dV and dQ kernels).
 
-One source serves every target: with ``USE_TMA`` the tiles move through tensor descriptors (TMA on
-sm90+), without it through plain pointer arithmetic (sm80/sm89, strides TMA cannot describe, and
-the interpreter). No ``tl.make_block_ptr``: it is gone in Triton 3.9.
+One source serves every target: the constexpr ``TILES`` moves tiles through plain pointer arithmetic
+(0: sm80/sm89, strides TMA cannot describe), tensor descriptors made in the kernel (1: TMA on sm90+),
+or host-made descriptors over the whole ``(batch, seqlen, heads, dim)`` tensor (2: TMA, no per-program
+descriptor set-up; experimental, ``PORTATTN_TRITON_TMA=host``). No ``tl.make_block_ptr``: it is gone in Triton 3.9.
 
 Visibility is the band ``lo <= j - i <= hi`` (``HAS_LO``/``HAS_HI`` off = unbounded). Key blocks
 outside the band are never loaded; blocks wholly inside it run without mask arithmetic; the blocks
@@ -30,38 +31,47 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _tile(desc, row0, seqlen, stride, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr):
+def _tile(head, row0, seqlen, stride, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TILES: tl.constexpr):
     """Rows ``[row0, row0 + BLOCK_R)`` x ``[0, BLOCK_D)`` of one head; zeros outside ``seqlen x dim``."""
-    if USE_TMA:
-        return desc.load([row0, 0])
+    if TILES == 2:
+        desc, b, h = head
+        return desc.load([b, row0, h, 0]).reshape([BLOCK_R, BLOCK_D])
+    elif TILES == 1:
+        return head.load([row0, 0])
     else:
         rows = row0 + tl.arange(0, BLOCK_R)
         cols = tl.arange(0, BLOCK_D)
         mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
-        return tl.load(desc + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+        return tl.load(head + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
-def _store_tile(desc, row0, seqlen, stride, dim, value, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                USE_TMA: tl.constexpr):  # fmt: skip
-    if USE_TMA:
-        desc.store([row0, 0], value)
+def _store_tile(head, row0, seqlen, stride, dim, value, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                TILES: tl.constexpr):  # fmt: skip
+    if TILES == 2:
+        desc, b, h = head
+        desc.store([b, row0, h, 0], value.reshape([1, BLOCK_R, 1, BLOCK_D]))
+    elif TILES == 1:
+        head.store([row0, 0], value)
     else:
         rows = row0 + tl.arange(0, BLOCK_R)
         cols = tl.arange(0, BLOCK_D)
         mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
-        tl.store(desc + rows[:, None] * stride + cols[None, :], value, mask=mask)
+        tl.store(head + rows[:, None] * stride + cols[None, :], value, mask=mask)
 
 
 @triton.jit
-def _head(base, stride_s, seqlen, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr):
-    """A (seqlen, dim) view of one head: a tensor descriptor, or the base pointer itself."""
-    if USE_TMA:
-        return tl.make_tensor_descriptor(
-            base, shape=[seqlen, dim], strides=[stride_s, 1], block_shape=[BLOCK_R, BLOCK_D]
-        )
+def _head(X, b, h, stride_b, stride_h, stride_s, seqlen, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+          TILES: tl.constexpr):  # fmt: skip
+    """One head's ``(seqlen, dim)`` rows: ``TILES`` 0 = a pointer, 1 = a descriptor made here (TMA), 2 =
+    ``X`` is a host-made descriptor over ``(batch, seqlen, heads, dim)``, kept with its coordinates."""
+    if TILES == 2:
+        return X, b, h
+    elif TILES == 1:
+        return tl.make_tensor_descriptor(X + b * stride_b + h * stride_h, shape=[seqlen, dim], strides=[stride_s, 1],
+                                         block_shape=[BLOCK_R, BLOCK_D])  # fmt: skip
     else:
-        return base
+        return X + b * stride_b + h * stride_h
 
 
 @triton.jit
@@ -137,10 +147,10 @@ def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks, stride_vs,
                head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
-               HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr,
+               HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
                DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     for start_n in tl.range(k_first, k_last, BLOCK_N):
-        k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
+        k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
         qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
         s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
         if MASKED:
@@ -154,7 +164,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen
         p = tl.math.exp2(s - m_use[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+        v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
     return acc, l_i, m_i
@@ -167,41 +177,41 @@ def attn_fwd(Q, K, V, Out, LSE,
              seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
              GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-             WRITE_LSE: tl.constexpr, USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr,
+             WRITE_LSE: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
              UPCAST: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
     batch*heads_q)``."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
-    q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
-    k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
-    v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
-    o_head = _head(Out + b * stride_ob + h * stride_oh, stride_os, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV, USE_TMA)
+    q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
+    k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
+    v_head = _head(V, b, hk, stride_vb, stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
+    o_head = _head(Out, b, h, stride_ob, stride_oh, stride_os, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)  # fmt: skip
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, first, full_first, seqlen_k,
                                stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, USE_TMA,
+                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
                                DOT_PRECISION, UPCAST)  # fmt: skip
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_first, full_last, seqlen_k,
                                stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                               BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, USE_TMA,
+                               BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
                                DOT_PRECISION, UPCAST)  # fmt: skip
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_last, last, seqlen_k,
                                stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, USE_TMA,
+                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
                                DOT_PRECISION, UPCAST)  # fmt: skip
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(Out.dtype.element_ty), BLOCK_M, BLOCK_DV,
-                USE_TMA)  # fmt: skip
+    _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(q.dtype), BLOCK_M, BLOCK_DV,
+                TILES)  # fmt: skip
     if WRITE_LSE:
         lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         tl.store(LSE + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
@@ -215,7 +225,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                   seqlen_q, seqlen_k, heads_kv, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                   GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                  USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                  TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_N`` keys of one (batch, kv head), summing over the head's query group.
 
     Grid ``(cdiv(seqlen_k, BLOCK_N), batch*heads_kv)``; no atomics, deterministic."""
@@ -223,10 +233,10 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     bh = tl.program_id(1)
     b = bh // heads_kv
     hk = bh % heads_kv
-    k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
-    v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
-    k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
-    v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+    k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
+    v_head = _head(V, b, hk, stride_vb, stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
+    k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
+    v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
@@ -236,16 +246,16 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     heads_q = heads_kv * GROUP
     for g in range(GROUP):
         h = hk * GROUP + g
-        q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
-        do_head = _head(DO + b * stride_dob + h * stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
-                        USE_TMA)  # fmt: skip
+        q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
+        do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
+                        TILES)  # fmt: skip
         rows_base = (b * heads_q + h) * seqlen_q
         for part in tl.static_range(3):
             lo_m, hi_m = _part(part, first, full_first, full_last, last)
             for start_m in tl.range(lo_m, hi_m, BLOCK_M):
                 offs_m = start_m + tl.arange(0, BLOCK_M)
-                q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
-                do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, USE_TMA)
+                q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
+                do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
                 in_rows = offs_m < seqlen_q
                 lse = tl.load(LSE + rows_base + offs_m, mask=in_rows, other=0.0)
                 lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
@@ -262,14 +272,14 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                 if HAS_SOFTCAP:
                     ds = ds * (1.0 - t * t)
                 dk += _dot(ds.to(q.dtype), q, DOT_PRECISION, UPCAST)
-    dk_head = _head(DK + b * stride_dkb + hk * stride_dkh, stride_dks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
-    dv_head = _head(DV + b * stride_dvb + hk * stride_dvh, stride_dvs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV,
-                    USE_TMA)  # fmt: skip
+    dk_head = _head(DK, b, hk, stride_dkb, stride_dkh, stride_dks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
+    dv_head = _head(DV, b, hk, stride_dvb, stride_dvh, stride_dvs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV,
+                    TILES)  # fmt: skip
     dk = dk * (qk_scale * 0.6931471805599453)  # qk_scale holds log2(e) * scale
-    _store_tile(dk_head, start_n, seqlen_k, stride_dks, head_dim, dk.to(DK.dtype.element_ty), BLOCK_N, BLOCK_D,
-                USE_TMA)  # fmt: skip
-    _store_tile(dv_head, start_n, seqlen_k, stride_dvs, head_dim_v, dv.to(DV.dtype.element_ty), BLOCK_N, BLOCK_DV,
-                USE_TMA)  # fmt: skip
+    _store_tile(dk_head, start_n, seqlen_k, stride_dks, head_dim, dk.to(k.dtype), BLOCK_N, BLOCK_D,
+                TILES)  # fmt: skip
+    _store_tile(dv_head, start_n, seqlen_k, stride_dvs, head_dim_v, dv.to(v.dtype), BLOCK_N, BLOCK_DV,
+                TILES)  # fmt: skip
 
 
 @triton.jit
@@ -280,18 +290,18 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
                 seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                USE_TMA: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
-    q_head = _head(Q + b * stride_qb + h * stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
-    do_head = _head(DO + b * stride_dob + h * stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
-                    USE_TMA)  # fmt: skip
-    k_head = _head(K + b * stride_kb + hk * stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
-    v_head = _head(V + b * stride_vb + hk * stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+    q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
+    do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
+                    TILES)  # fmt: skip
+    k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
+    v_head = _head(V, b, hk, stride_vb, stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     in_rows = offs_m < seqlen_q
-    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
-    do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, USE_TMA)
+    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
+    do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
     lse = tl.load(LSE + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
     delta = tl.load(DELTA + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
@@ -302,8 +312,8 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     for part in tl.static_range(3):
         lo_n, hi_n = _part(part, first, full_first, full_last, last)
         for start_n in tl.range(lo_n, hi_n, BLOCK_N):
-            k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, USE_TMA)
-            v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, USE_TMA)
+            k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
+            v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
             qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
             s, t = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
             p = tl.math.exp2(s - lse[:, None])
@@ -315,10 +325,10 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
             if HAS_SOFTCAP:
                 ds = ds * (1.0 - t * t)
             dq += _dot(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
-    dq_head = _head(DQ + b * stride_dqb + h * stride_dqh, stride_dqs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, USE_TMA)
+    dq_head = _head(DQ, b, h, stride_dqb, stride_dqh, stride_dqs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     dq = dq * (qk_scale * 0.6931471805599453)
-    _store_tile(dq_head, start_m, seqlen_q, stride_dqs, head_dim, dq.to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D,
-                USE_TMA)  # fmt: skip
+    _store_tile(dq_head, start_m, seqlen_q, stride_dqs, head_dim, dq.to(q.dtype), BLOCK_M, BLOCK_D,
+                TILES)  # fmt: skip
 
 
 @triton.jit

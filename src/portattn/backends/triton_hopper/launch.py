@@ -18,7 +18,7 @@ from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, ke
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
 
-TMA_ENV = "PORTATTN_TRITON_TMA"  # "0" forces the pointer path, "1" the descriptor path (interpreter tests)
+TMA_ENV = "PORTATTN_TRITON_TMA"  # "0" pointer path, "1" in-kernel descriptors, "host" host descriptors
 
 
 def interpreting() -> bool:
@@ -39,12 +39,14 @@ def _capability(t: torch.Tensor) -> tuple[int, int] | None:
     return None if interpreting() or t.device.type != "cuda" else cuda_capability(t.device)
 
 
+POINTER, DEVICE_TMA, HOST_TMA = 0, 1, 2  # the kernels' TILES modes
+
+
 def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
     """TMA needs sm90+, a contiguous last dim, 16-byte aligned bases and strides, and no empty dim."""
-    forced = os.environ.get(TMA_ENV)
-    if capability is None:  # the interpreter runs either path on CPU tensors: tests choose
-        return forced == "1"
-    if forced == "0" or capability < (9, 0):
+    if capability is None:
+        return True  # the interpreter has no such limits
+    if capability < (9, 0):
         return False
     for t in tensors:
         size = t.element_size()
@@ -53,6 +55,30 @@ def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
         if any((s * size) % 16 for s in t.stride()[:-1]):
             return False
     return True
+
+
+def _tiles(capability: tuple[int, int] | None, prefer_tma: bool, *tensors: torch.Tensor) -> int:
+    """The tile mode of one launch. ``PORTATTN_TRITON_TMA``: ``0`` pointer, ``1`` in-kernel descriptors,
+    ``host`` host-made descriptors; unset, the config decides. The interpreter runs the pointer path
+    unless the variable asks for another (tests run each)."""
+    forced = os.environ.get(TMA_ENV, "")
+    if capability is None:
+        return {"1": DEVICE_TMA, "host": HOST_TMA}.get(forced, POINTER)
+    if forced == "0" or not (prefer_tma or forced in ("1", "host")) or not _tma_ok(capability, *tensors):
+        return POINTER
+    return HOST_TMA if forced == "host" else DEVICE_TMA
+
+
+def _operands(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list:
+    """Each ``(tensor, block rows, head dim)`` as the kernel takes it in this mode: the tensor, or a host
+    descriptor over its ``(batch, seqlen, heads, dim)`` with a ``(1, rows, 1, padded dim)`` block."""
+    if tiles == DEVICE_TMA:
+        _ensure_allocator()
+    if tiles != HOST_TMA:
+        return [t for t, _, _ in specs]
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, _block_d(dim)]) for t, rows, dim in specs]
 
 
 def _needs_tma(call: AttentionCall, cap: tuple[int, int] | None) -> bool:
@@ -110,16 +136,17 @@ def forward(
         return out, lse.fill_(float("-inf"))
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
                        fp32=call.dtype == torch.float32)  # fmt: skip
-    use_tma = call.seqlen_k > 0 and (cfg.tma or cap is None or _needs_tma(call, cap)) and _tma_ok(cap, q, k, v, out)
-    if _needs_tma(call, cap) and call.seqlen_k > 0 and not use_tma:
+    needs_tma = _needs_tma(call, cap)
+    tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
+    if needs_tma and call.seqlen_k > 0 and tiles == POINTER:
         raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
-    if use_tma:
-        _ensure_allocator()
+    d, dv, bm, bn = call.head_dim, call.head_dim_v, cfg.block_m, cfg.block_n
+    operands = _operands(tiles, (q, bm, d), (k, bn, d), (v, bn, dv), (out, bm, dv))
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
     kernels.attn_fwd[grid](
-        q, k, v, out, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
+        *operands, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, USE_TMA=use_tma,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
     )  # fmt: skip
     return out, lse
@@ -156,23 +183,29 @@ def backward(
         out, dout, dlse_arg, delta, *_bsh(out), *_bsh(dout), sq, hq, call.head_dim_v,
         BLOCK_M=cfg.block_m, BLOCK_DV=_block_d(call.head_dim_v), HAS_DLSE=dlse is not None,
     )  # fmt: skip
-    tma_ok = _tma_ok(cap, q, k, v, dout, dq, dk, dv)
-    if needs_tma and not tma_ok:
-        raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
-    if tma_ok:
-        _ensure_allocator()
     common = _common(call)
     kv_cfg = configs.pick("dkdv", dim, cap, **tuning)
+    d, dv_dim = call.head_dim, call.head_dim_v
+    kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
+    q_tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, dout, dq)
+    if needs_tma and POINTER in (kv_tiles, q_tiles):
+        raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
+    bm, bn = kv_cfg.block_m, kv_cfg.block_n
+    operands = _operands(kv_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
+    outputs = _operands(kv_tiles, (dk, bn, d), (dv, bn, dv_dim))
     kernels.attn_bwd_dkdv[(triton.cdiv(sk, kv_cfg.block_n), b * hkv)](
-        q, k, v, dout, lse, delta, dk, dv, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
+        *operands, lse, delta, *outputs, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
         sq, sk, hkv, call.head_dim, call.head_dim_v,
-        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, USE_TMA=tma_ok and (kv_cfg.tma or cap is None or needs_tma),
+        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, TILES=kv_tiles,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
     )  # fmt: skip
+    bm, bn = cfg.block_m, cfg.block_n
+    operands = _operands(q_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
+    (dq_operand,) = _operands(q_tiles, (dq, bm, d))
     kernels.attn_bwd_dq[(triton.cdiv(sq, cfg.block_m), b * hq)](
-        q, k, v, dout, lse, delta, dq, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
+        *operands, lse, delta, dq_operand, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
         sq, sk, hq, call.head_dim, call.head_dim_v,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma_ok and (cfg.tma or cap is None or needs_tma),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TILES=q_tiles,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return dq, dk, dv
