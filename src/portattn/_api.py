@@ -66,11 +66,13 @@ def run(
     return_lse: Any = False,
     backend: str | None = None,
     top_left: bool = False,
+    band: tuple[int | None, int | None] | None = None,
 ) -> Any:
-    """Validate (or find in the cache), dispatch, and run one call."""
+    """Validate (or find in the cache), dispatch, and run one call. ``band`` (internal) replaces the
+    band derived from ``causal``/``window``: ``lo <= j - i <= hi`` in this call's own indices."""
     call, chosen = resolve(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity, bias=bias,
-        precision=precision, return_lse=return_lse, backend=backend, top_left=top_left,
+        precision=precision, return_lse=return_lse, backend=backend, top_left=top_left, band=band,
     )  # fmt: skip
     if call.requires_grad:
         out, lse = _AttentionFunction.apply(q, k, v, chosen, call)
@@ -95,6 +97,7 @@ def resolve(
     backend: str | None,
     top_left: bool,
     grad: bool | None = None,
+    band: tuple[int | None, int | None] | None = None,
 ) -> tuple[AttentionCall, Backend]:
     """The validated call and the backend that serves it, from the cache when the signature was seen.
 
@@ -106,7 +109,7 @@ def resolve(
             grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         key = (
             q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-            causal, window, scale, softcap, precision, return_lse, grad, top_left, forced, reg.version,
+            causal, window, scale, softcap, precision, return_lse, grad, top_left, forced, reg.version, band,
             None if sparsity is None else sparsity.cache_key,
             None if bias is None else (bias.shape, bias.dtype, bias.device, bias.requires_grad),
         )  # fmt: skip
@@ -116,7 +119,7 @@ def resolve(
     if hit is None:
         call = _call.normalize(
             q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
-            bias=bias, precision=precision, return_lse=return_lse, top_left=top_left, requires_grad=grad,
+            bias=bias, precision=precision, return_lse=return_lse, top_left=top_left, requires_grad=grad, band=band,
         )  # fmt: skip
         chosen = _dispatch.select(call, forced)
         if key is not None:

@@ -166,6 +166,7 @@ def normalize(
     return_lse: Any,
     top_left: bool,
     requires_grad: bool | None = None,
+    band: tuple[int | None, int | None] | None = None,
 ) -> AttentionCall:
     """Validate one call's arguments and describe it. Raises before any kernel runs."""
     from portattn.sparse import SparsityPattern
@@ -232,9 +233,9 @@ def normalize(
     if requires_grad is None:
         requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     features = set()
-    if causal:
+    if causal or (band is not None and band[1] is not None):
         features.add(CAUSAL)
-    if window is not None:
+    if window is not None or (band is not None and band[0] is not None):
         features.add(WINDOW)
     if softcap is not None:
         features.add(SOFTCAP)
@@ -266,7 +267,7 @@ def normalize(
         kv_device=k.device,
         causal=causal,
         window=window,
-        band=band_of(seqlen_q, seqlen_k, causal, window, top_left),
+        band=band if band is not None else band_of(seqlen_q, seqlen_k, causal, window, top_left),
         scale=head_dim**-0.5 if scale is None else scale,
         softcap=softcap,
         sparsity=sparsity,
