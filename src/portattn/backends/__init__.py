@@ -12,9 +12,10 @@ if TYPE_CHECKING:
 
 @hookimpl
 def portattn_backends() -> list[Backend]:
+    from portattn.backends.ascend import AscendBackend
     from portattn.backends.portable import PortableBackend
     from portattn.backends.reference import ReferenceBackend
     from portattn.backends.sdpa import SdpaBackend
     from portattn.backends.triton_hopper import TritonHopperBackend
 
-    return [TritonHopperBackend(), PortableBackend(), SdpaBackend(), ReferenceBackend()]
+    return [TritonHopperBackend(), AscendBackend(), PortableBackend(), SdpaBackend(), ReferenceBackend()]

@@ -11,6 +11,11 @@ and K/V tiles are ``(batch * heads_kv, keys, dim)`` (views of float32 inputs whe
 ``heads_kv == 1``). Scores are kept in base 2 (the softmax scale times ``log2(e)`` is folded into the
 query block, as FlashAttention does) because ``exp2`` is much cheaper than ``exp`` on CPUs; score
 tiles are updated in place.
+
+Optional second level (``inner_k``, used by the ``ascend`` backend's two-level tiling): each
+``(block_q, block_k)`` tile keeps its online-softmax step, mask and skipping, but every matmul over its
+keys is issued as consecutive matmuls over key sub-tiles of at most ``inner_k`` keys, the score
+sub-tiles written into slices of the one score tile. ``inner_k=None`` issues one matmul per tile.
 """
 
 from __future__ import annotations
@@ -126,6 +131,45 @@ def _finish_scores(
     return tanh
 
 
+def _key_slices(keys: int, inner_k: int | None) -> list[tuple[int, int]] | None:
+    """Sub-tiles ``[a, b)`` of at most ``inner_k`` keys, None when one matmul covers the tile."""
+    if inner_k is None or keys <= inner_k:
+        return None
+    return [(a, min(keys, a + inner_k)) for a in range(0, keys, inner_k)]
+
+
+def _mm_nt(a: torch.Tensor, b: torch.Tensor, inner_k: int | None) -> torch.Tensor:
+    """``a @ b^T`` for ``b = (batch, keys, dim)``: keys are the result's columns, one slice per sub-tile."""
+    parts = _key_slices(b.shape[1], inner_k)
+    if parts is None:
+        return torch.bmm(a, b.transpose(1, 2))
+    return torch.cat([torch.bmm(a, b[:, i:j].transpose(1, 2)) for i, j in parts], dim=2)
+
+
+def _mm_nn(a: torch.Tensor, b: torch.Tensor, inner_k: int | None, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` for ``a = (batch, rows, keys)``, ``b = (batch, keys, dim)``: keys are the contraction,
+    summed sub-tile by sub-tile; added into ``acc`` in place when given."""
+    parts = _key_slices(b.shape[1], inner_k)
+    if parts is None:
+        return torch.bmm(a, b) if acc is None else acc.baddbmm_(a, b)
+    for i, j in parts:
+        if acc is None:
+            acc = torch.bmm(a[:, :, i:j], b[:, i:j])
+        else:
+            acc.baddbmm_(a[:, :, i:j], b[:, i:j])
+    return acc
+
+
+def _acc_tn(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, inner_k: int | None, alpha: float = 1.0) -> None:
+    """``acc += alpha * a^T @ b`` for ``a = (batch, rows, keys)``: keys are ``acc``'s rows, one slice per sub-tile."""
+    parts = _key_slices(a.shape[2], inner_k)
+    if parts is None:
+        acc.baddbmm_(a.transpose(1, 2), b, alpha=alpha)
+        return
+    for i, j in parts:
+        acc[:, i:j].baddbmm_(a[:, :, i:j].transpose(1, 2), b, alpha=alpha)
+
+
 def q_factor(call: AttentionCall) -> float:
     """What the query block is multiplied by: the scale, and ``log2(e)`` unless softcap applies it later."""
     return call.scale if call.softcap is not None else call.scale * LOG2E
@@ -137,9 +181,18 @@ def _grouped_rows(x: torch.Tensor, call: AttentionCall, qs: int, qe: int) -> tor
 
 
 def forward(
-    call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_k: int
+    call: AttentionCall,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_q: int,
+    block_k: int,
+    *,
+    inner_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype, ``lse`` float32 ``(batch, heads_q, seqlen_q)``."""
+    """``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype, ``lse`` float32 ``(batch, heads_q, seqlen_q)``.
+
+    ``inner_k``: split each tile's matmuls into key sub-tiles of at most this many keys (None: don't)."""
     batch, heads_q, seqlen_q, dim_v = call.batch, call.heads_q, call.seqlen_q, call.head_dim_v
     device = q.device
     kh, vh = _heads_first(k), _heads_first(v)
@@ -159,7 +212,7 @@ def forward(
                 continue
             if qb is None:
                 qb = _rows(q, qs, qe, factor).view(batch * call.heads_kv, call.group_size * (qe - qs), call.head_dim)
-            s = torch.bmm(qb, _kv_tile(kh, ks, ke).transpose(1, 2))  # (batch*heads_kv, group*rows, keys)
+            s = _mm_nt(qb, _kv_tile(kh, ks, ke), inner_k)  # (batch*heads_kv, group*rows, keys)
             _finish_scores(call, s, qs, qe, ks, ke, mask, keep_tanh=False)
             tile_max = s.amax(dim=-1, keepdim=True)
             new_max = tile_max if row_max is None else torch.maximum(row_max, tile_max)
@@ -169,11 +222,11 @@ def forward(
             vt = _kv_tile(vh, ks, ke)
             if acc is None:
                 row_sum = p.sum(dim=-1, keepdim=True)
-                acc = torch.bmm(p, vt)
+                acc = _mm_nn(p, vt, inner_k)
             else:
                 rescale = torch.sub(row_max, safe_max).exp2_()  # 0 where row_max is -inf
                 row_sum.mul_(rescale).add_(p.sum(dim=-1, keepdim=True))
-                acc.mul_(rescale).baddbmm_(p, vt)
+                _mm_nn(p, vt, inner_k, acc.mul_(rescale))
             row_max = new_max
         out_rows = out[:, qs:qe].transpose(1, 2)  # (batch, heads_q, rows, dim_v) view
         if acc is None:  # no key visible to any row of this block
@@ -199,8 +252,12 @@ def backward(
     dlse: torch.Tensor | None,
     block_q: int,
     block_k: int,
+    *,
+    inner_k: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """FlashAttention-2 backward by recomputation from ``out`` and ``lse``; returns ``dq, dk, dv``."""
+    """FlashAttention-2 backward by recomputation from ``out`` and ``lse``; returns ``dq, dk, dv``.
+
+    ``inner_k``: split each tile's matmuls into key sub-tiles of at most this many keys (None: don't)."""
     batch, heads_q, heads_kv, seqlen_q = call.batch, call.heads_q, call.heads_kv, call.seqlen_q
     group, dim, dim_v = call.group_size, call.head_dim, call.head_dim_v
     device = q.device
@@ -239,16 +296,16 @@ def backward(
             rows = group * (qe - qs)
             qb = _rows(q, qs, qe, factor).view(batch * heads_kv, rows, dim)
             dob = _rows(dout, qs, qe, None).view(batch * heads_kv, rows, dim_v)
-            s = torch.bmm(qb, kt.transpose(1, 2))
+            s = _mm_nt(qb, kt, inner_k)
             tanh = _finish_scores(call, s, qs, qe, ks, ke, mask, keep_tanh=True)
             p = s.sub_(_grouped_rows(lse2, call, qs, qe)).exp2_()
-            dv_acc.baddbmm_(p.transpose(1, 2), dob)  # sums over the group's query heads too
-            ds = torch.bmm(dob, vt.transpose(1, 2)).sub_(_grouped_rows(delta, call, qs, qe)).mul_(p)
+            _acc_tn(dv_acc, p, dob, inner_k)  # sums over the group's query heads too
+            ds = _mm_nt(dob, vt, inner_k).sub_(_grouped_rows(delta, call, qs, qe)).mul_(p)
             if tanh is not None:
                 ds.mul_(tanh.square_().neg_().add_(1.0))
-            dq_tile = torch.bmm(ds, kt).view(batch, heads_q, qe - qs, dim).transpose(1, 2)
+            dq_tile = _mm_nn(ds, kt, inner_k).view(batch, heads_q, qe - qs, dim).transpose(1, 2)
             dq[:, qs:qe].add_(dq_tile, alpha=call.scale)
-            dk_acc.baddbmm_(ds.transpose(1, 2), qb, alpha=dk_alpha)
+            _acc_tn(dk_acc, ds, qb, inner_k, alpha=dk_alpha)
         dk[:, ks:ke] = dk_acc.view(batch, heads_kv, ke - ks, dim).transpose(1, 2)
         dv[:, ks:ke] = dv_acc.view(batch, heads_kv, ke - ks, dim_v).transpose(1, 2)
     return dq.to(q.dtype), dk, dv
