@@ -63,4 +63,8 @@ def run(args: argparse.Namespace) -> int:
         ])  # fmt: skip
     print()
     print(render(["backend", "origin", "prio", "status", "dtypes", "head dims", "features"], rows))
+    print()
+    for b in data["backends"]:
+        if b.get("description"):
+            print(f"{b['name']}: {b['description']}")
     return 0

@@ -32,7 +32,8 @@ class AscendBackend(Backend):
     name = "ascend"
     priority = 300
     description = (
-        "torch_npu.npu_fusion_attention (compressed masks) + two-level tiling in torch ops; never run on an NPU here"
+        "npu_fusion_attention + two-level tiling. NEVER RUN ON AN NPU (this project has none): its op mapping "
+        "(vs an emulation), tiling path and tiling-AllReduce are tested on the CPU"
     )
     capabilities = Capabilities(
         devices=frozenset({"npu"}),
