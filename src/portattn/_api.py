@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from portattn import _call, _compile, _dispatch, _registry
+from portattn import _call, _dispatch, _registry
 from portattn._call import AttentionCall
 
 if TYPE_CHECKING:
@@ -167,7 +167,10 @@ def attention(
         A query row that sees no key has out 0 and lse ``-inf``.
     """
     if torch.compiler.is_compiling() and sparsity is None and precision is None:
-        # one opaque custom op for torch.compile: no graph break; dispatch happens when it runs
+        # one opaque custom op for torch.compile: no graph break; dispatch happens when it runs.
+        # Imported here, not at `import portattn`: registering the ops costs ~5 ms few users need.
+        from portattn import _compile
+
         return _compile.attention(q, k, v, causal, window, scale, softcap, return_lse, backend)
     return run(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
