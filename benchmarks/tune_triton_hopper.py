@@ -1,8 +1,6 @@
 """Sweep launch configs of ``triton_hopper`` on a GPU and print the fastest per (kernel, head dim, causal).
 
-    python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--warp-spec]
-
-``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path of every config.
+    python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048]
 
 Each config is checked against torch SDPA before it is timed (a fast wrong config must not win).
 """
@@ -23,10 +21,6 @@ FWD = [Config(*c) for c in [(128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 8, 2), 
                             (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3)]]  # fmt: skip
 DKDV = [Config(*c) for c in [(32, 64, 4, 2), (32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2),
                              (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)]]  # fmt: skip
-# producer/consumer warp specialization of the forward's unmasked loop (descriptor path): its own run,
-# since a compiler crash in the pass ends the process
-WS_SHAPES = [(128, 128, 4, 2), (128, 64, 4, 2), (128, 128, 8, 2), (128, 64, 8, 2), (128, 128, 4, 3), (64, 128, 4, 2)]
-FWD_WS = [Config(*c, tma=True, warp_spec=True) for c in WS_SHAPES]
 DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 2),
                            (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3)]]  # fmt: skip
 
@@ -38,11 +32,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument("--kernels", default="fwd,dkdv,dq")
-    ap.add_argument("--causal", default="0,1", help="0 and/or 1")
-    ap.add_argument("--warp-spec", action="store_true", help="sweep the forward's warp-specialized configs")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
-        for causal in (c == "1" for c in args.causal.split(",")):
+        for causal in (False, True):
             b, h, s = max(1, args.tokens // args.seqlen), args.hidden // d, args.seqlen
             q, k, v = (
                 torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
@@ -53,7 +45,7 @@ def main() -> None:
             dout = torch.randn_like(ref)
             ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
-            for kernel, space in (("fwd", FWD_WS if args.warp_spec else FWD), ("dkdv", DKDV), ("dq", DQ)):
+            for kernel, space in (("fwd", FWD), ("dkdv", DKDV), ("dq", DQ)):
                 if kernel not in args.kernels:
                     continue
                 results = []

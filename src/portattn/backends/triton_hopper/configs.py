@@ -15,7 +15,6 @@ class Config(NamedTuple):
     num_warps: int
     num_stages: int
     tma: bool = True  # tensor descriptors where the strides allow; False = pointer path
-    warp_spec: bool = False  # forward only: warp-specialize the unmasked loop (descriptor paths)
 
 
 INTERPRETER = Config(16, 16, 4, 1)  # small tiles: the interpreter is slow, and tails get exercised

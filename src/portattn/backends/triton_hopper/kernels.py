@@ -148,8 +148,8 @@ def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen
                head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, WARP_SPEC: tl.constexpr):  # fmt: skip
-    for start_n in tl.range(k_first, k_last, BLOCK_N, warp_specialize=WARP_SPEC):
+               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    for start_n in tl.range(k_first, k_last, BLOCK_N):
         k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
         qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
         s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
@@ -178,10 +178,9 @@ def attn_fwd(Q, K, V, Out, LSE,
              GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
              WRITE_LSE: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
-             UPCAST: tl.constexpr, WARP_SPEC: tl.constexpr = False):  # fmt: skip
+             UPCAST: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
-    batch*heads_q)``. ``WARP_SPEC`` hands the unmasked loop to Triton's producer/consumer warp
-    specialization (descriptor paths only: the pass does not take pointer loads)."""
+    batch*heads_q)``."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
@@ -199,15 +198,15 @@ def attn_fwd(Q, K, V, Out, LSE,
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, first, full_first, seqlen_k,
                                stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                                BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                               DOT_PRECISION, UPCAST, False)  # fmt: skip
+                               DOT_PRECISION, UPCAST)  # fmt: skip
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_first, full_last, seqlen_k,
                                stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                                BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                               DOT_PRECISION, UPCAST, WARP_SPEC)  # fmt: skip
+                               DOT_PRECISION, UPCAST)  # fmt: skip
     acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_last, last, seqlen_k,
                                stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                                BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                               DOT_PRECISION, UPCAST, False)  # fmt: skip
+                               DOT_PRECISION, UPCAST)  # fmt: skip
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

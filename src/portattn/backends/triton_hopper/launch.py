@@ -147,7 +147,6 @@ def forward(
         *operands, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles,
-        WARP_SPEC=cfg.warp_spec and tiles != POINTER and cap is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
     )  # fmt: skip
     return out, lse
