@@ -1,6 +1,8 @@
 """Sweep launch configs of ``triton_hopper`` on a GPU and print the fastest per (kernel, head dim, causal).
 
-    python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048]
+    python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
+
+``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
 
 Each config is checked against torch SDPA before it is timed (a fast wrong config must not win).
 """
@@ -8,6 +10,7 @@ Each config is checked against torch SDPA before it is timed (a fast wrong confi
 from __future__ import annotations
 
 import argparse
+import json
 from functools import partial
 
 import torch
@@ -18,11 +21,14 @@ from portattn.backends.triton_hopper import configs
 from portattn.backends.triton_hopper.configs import Config
 
 FWD = [Config(*c) for c in [(128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3),
-                            (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3)]]  # fmt: skip
+                            (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3), (64, 64, 4, 4),
+                            (64, 64, 4, 2), (64, 32, 4, 3), (64, 128, 4, 2)]]  # fmt: skip
 DKDV = [Config(*c) for c in [(32, 64, 4, 2), (32, 128, 4, 3), (32, 128, 8, 3), (64, 64, 4, 3), (64, 128, 8, 2),
-                             (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2)]]  # fmt: skip
+                             (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 4),
+                             (64, 64, 4, 2)]]  # fmt: skip
 DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64, 64, 4, 2), (128, 32, 8, 2),
-                           (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3)]]  # fmt: skip
+                           (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4),
+                           (64, 128, 4, 3)]]  # fmt: skip
 
 
 def main() -> None:
@@ -32,9 +38,11 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument("--kernels", default="fwd,dkdv,dq")
+    ap.add_argument("--causal", default="0,1", help="0 and/or 1")
+    ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
-        for causal in (False, True):
+        for causal in (c == "1" for c in args.causal.split(",")):
             b, h, s = max(1, args.tokens // args.seqlen), args.hidden // d, args.seqlen
             q, k, v = (
                 torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3)
@@ -71,6 +79,11 @@ def main() -> None:
                         results.append((work / ms / 1e9, cfg, f"{ms:.3f} ms err={err:.2g}"))
                     except Exception as exc:  # a config that does not compile (shared memory) is skipped
                         results.append((0.0, cfg, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"))
+                if args.json:
+                    with open(args.json, "a") as f:
+                        for tf, cfg, note in results:
+                            rec = {"kernel": kernel, "d": d, "causal": causal, "seqlen": s, "config": list(cfg)}
+                            f.write(json.dumps({**rec, "tflops": round(tf, 1), "note": note}) + "\n")
                 results.sort(key=lambda r: -r[0])
                 best = results[0]
                 print(f"d={d} causal={causal} {kernel}: best {best[1]} {best[0]:.0f} TF/s ({best[2]})")

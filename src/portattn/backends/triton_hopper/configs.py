@@ -20,32 +20,37 @@ class Config(NamedTuple):
 INTERPRETER = Config(16, 16, 4, 1)  # small tiles: the interpreter is slow, and tails get exercised
 
 # (kernel, head-dim bucket, causal-type band) -> config. sm90 values are the winners of
-# benchmarks/tune_triton_hopper.py on an H100 (bf16, 16k tokens per batch, hidden 2048, seqlen 4096,
-# 2026-11-24); each kernel was swept with the others at their defaults. At d=64 the pointer path
-# beat the descriptor path (412 vs 405 TF/s at seqlen 4096, 366 vs 327 at 1024; causal 362 vs 346,
-# 266 vs 223): the in-kernel descriptors cost each program a setup that short loops do not hide.
+# benchmarks/tune_triton_hopper.py on an H100 with host-made descriptors (bf16, 16k tokens per batch,
+# hidden 2048, 2026-11-24): the best geometric mean over seqlen 1024, 4096 and 16384, each kernel swept
+# with the others at their defaults (log: benchmarks/results/h100_tune_host_2026-11-24.jsonl). Numbers
+# are TF/s at 1024 / 4096 / 16384; the backward's count the whole backward (2.5x the forward's FLOPs).
 SM90: dict[tuple[str, int, bool], Config] = {
-    ("fwd", 64, False): Config(128, 64, 8, 3, tma=False),  # 412 TF/s
-    ("fwd", 64, True): Config(128, 64, 8, 3, tma=False),  # 359
-    ("fwd", 128, False): Config(128, 64, 4, 2),  # 491
-    ("fwd", 128, True): Config(128, 64, 4, 2),  # 433
+    ("fwd", 64, False): Config(128, 64, 4, 3),  # 375 / 412 / 430
+    ("fwd", 64, True): Config(64, 64, 4, 3),  # 307 / 376 / 381
+    ("fwd", 128, False): Config(128, 128, 8, 3),  # long; see SM90_SHORT
+    ("fwd", 128, True): Config(128, 128, 8, 3),
     ("fwd", 256, False): Config(64, 32, 4, 2),
     ("fwd", 256, True): Config(64, 32, 4, 2),
-    # backward on the descriptor path: the pointer path swept 3-15% faster in the tuner at d=128
-    # (h100_tune_bwd_pointer log) but not in the full benchmark (within run-to-run spread), and it
-    # faulted at head_dim 40 / head_dim_v 24 in the GPU battery: see POINTER_PATH_HEAD_DIM_V
-    ("dkdv", 64, False): Config(64, 64, 4, 3),
-    ("dkdv", 64, True): Config(32, 128, 4, 3),
-    ("dkdv", 128, False): Config(64, 128, 8, 3),
-    ("dkdv", 128, True): Config(64, 128, 8, 3),
+    ("dkdv", 64, False): Config(64, 64, 4, 3),  # 268 / 329 / 328
+    ("dkdv", 64, True): Config(64, 64, 4, 3),  # 187 / 290 / 329
+    ("dkdv", 128, False): Config(32, 64, 4, 3),  # 335 / 415 / 416
+    ("dkdv", 128, True): Config(32, 64, 4, 3),  # long; see SM90_SHORT
     ("dkdv", 256, False): Config(32, 64, 8, 2),
     ("dkdv", 256, True): Config(32, 64, 8, 2),
-    ("dq", 64, False): Config(128, 64, 8, 3),
-    ("dq", 64, True): Config(128, 64, 8, 3),
-    ("dq", 128, False): Config(128, 64, 8, 3),
-    ("dq", 128, True): Config(128, 64, 8, 3),
+    ("dq", 64, False): Config(64, 128, 4, 3),  # 291 / 368 / 371
+    ("dq", 64, True): Config(64, 64, 4, 2),  # 199 / 285 / 309
+    ("dq", 128, False): Config(64, 64, 4, 3),  # 304 / 355 / 358
+    ("dq", 128, True): Config(64, 64, 4, 3),  # 184 / - / 333
     ("dq", 256, False): Config(64, 32, 8, 2),
     ("dq", 256, True): Config(64, 32, 8, 2),
+}
+# where a loop of at most SHORT positions (keys for fwd/dq, queries for dkdv) wants smaller tiles:
+# more programs fill the 132 SMs, and big tiles' pipelines do not fill on few iterations
+SHORT = 4096
+SM90_SHORT: dict[tuple[str, int, bool], Config] = {
+    ("fwd", 128, False): Config(64, 64, 4, 3),  # 423 / 494 vs 391 / 492 (long: 405 vs 508)
+    ("fwd", 128, True): Config(64, 64, 4, 3),  # 261-339 / 462 vs 278 / 424 (long: 464 vs 492)
+    ("dkdv", 128, True): Config(64, 64, 4, 2),  # 230 vs 181 at 1024 (long: 345 vs 396)
 }
 # sm80/sm89 (pointer path): less shared memory than sm90; not yet tuned on such a GPU
 SM80: dict[tuple[str, int], Config] = {
@@ -76,13 +81,19 @@ def pick(
     *,
     causal: bool = False,
     fp32: bool = False,
+    loop_len: int = 0,
 ) -> Config:
-    """The config for one launch; ``capability`` None means the interpreter."""
+    """The config for one launch; ``capability`` None means the interpreter. ``loop_len``: the length
+    of the kernel's inner loop (keys for fwd and dq, queries for dkdv)."""
     if kernel in OVERRIDE:
         return OVERRIDE[kernel]
     if capability is None:
         return INTERPRETER
-    cfg = SM80[(kernel, bucket(head_dim))] if capability < (9, 0) else SM90[(kernel, bucket(head_dim), causal)]
+    if capability < (9, 0):
+        cfg = SM80[(kernel, bucket(head_dim))]
+    else:
+        key = (kernel, bucket(head_dim), causal)
+        cfg = SM90_SHORT.get(key, SM90[key]) if loop_len <= SHORT else SM90[key]
     if fp32:  # twice the bytes per element: halve the key tile and the pipeline depth
         cfg = cfg._replace(block_n=max(16, cfg.block_n // 2), num_stages=max(1, cfg.num_stages - 1))
     return cfg

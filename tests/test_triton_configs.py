@@ -1,0 +1,48 @@
+"""The shipped ``triton_hopper`` launch configs: complete, within Hopper's shared memory, picked by length."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from portattn.backends.triton_hopper import configs
+
+SM90_SMEM = 227 * 1024  # bytes of shared memory one block may use on an H100
+
+
+def _smem_bytes(kernel: str, cfg: configs.Config, dim: int, elem: int) -> int:
+    """A lower bound of the pipelined tiles' shared memory: the resident operand plus ``num_stages``
+    copies of the streamed ones."""
+    resident, streamed = (cfg.block_m, cfg.block_n) if kernel in ("fwd", "dq") else (cfg.block_n, cfg.block_m)
+    return (resident + 2 * cfg.num_stages * streamed) * dim * elem
+
+
+@pytest.mark.parametrize(
+    "kernel,bucket,causal", itertools.product(("fwd", "dkdv", "dq"), (64, 128, 256), (False, True))
+)
+@pytest.mark.parametrize("fp32", [False, True])
+@pytest.mark.parametrize("loop_len", [1024, 16384])
+def test_every_sm90_config_fits_shared_memory(kernel, bucket, causal, fp32, loop_len):
+    cfg = configs.pick(kernel, bucket, (9, 0), causal=causal, fp32=fp32, loop_len=loop_len)
+    assert _smem_bytes(kernel, cfg, bucket, 4 if fp32 else 2) <= SM90_SMEM, cfg
+    assert cfg.block_m & (cfg.block_m - 1) == 0 and cfg.block_n & (cfg.block_n - 1) == 0
+
+
+def test_short_loops_take_the_short_table():
+    for key, short_cfg in configs.SM90_SHORT.items():
+        kernel, bucket, causal = key
+        assert configs.pick(kernel, bucket, (9, 0), causal=causal, loop_len=configs.SHORT) == short_cfg
+        long_cfg = configs.pick(kernel, bucket, (9, 0), causal=causal, loop_len=configs.SHORT + 1)
+        assert long_cfg == configs.SM90[key] != short_cfg
+
+
+def test_head_dims_map_to_buckets_and_targets():
+    assert [configs.bucket(d) for d in (32, 64, 65, 96, 128, 129, 256)] == [64, 64, 128, 128, 128, 256, 256]
+    assert configs.pick("fwd", 64, (8, 0)) == configs.SM80[("fwd", 64)]
+    assert configs.pick("fwd", 64, None) == configs.INTERPRETER
+    configs.OVERRIDE["dq"] = configs.Config(16, 16, 1, 1)
+    try:
+        assert configs.pick("dq", 128, (9, 0)) == configs.Config(16, 16, 1, 1)
+    finally:
+        configs.OVERRIDE.clear()
