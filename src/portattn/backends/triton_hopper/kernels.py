@@ -1,9 +1,9 @@
 """Triton kernels of ``triton_hopper``: FlashAttention-2 forward and backward (dK/dV and dQ kernels).
 
 One source serves every target: the constexpr ``TILES`` moves tiles through plain pointer arithmetic
-(0: sm80/sm89, strides TMA cannot describe), tensor descriptors made in the kernel (1: TMA on sm90+),
-or host-made descriptors over the whole ``(batch, seqlen, heads, dim)`` tensor (2: TMA, no per-program
-descriptor set-up; experimental, ``PORTATTN_TRITON_TMA=host``). No ``tl.make_block_ptr``: it is gone in Triton 3.9.
+(0: sm80/sm89, strides TMA cannot describe, the interpreter), tensor descriptors made in the kernel
+(1: TMA), or host-made descriptors over the whole ``(batch, seqlen, heads, dim)`` tensor (2: TMA with
+no per-program descriptor set-up; the sm90 default). No ``tl.make_block_ptr``: it is gone in Triton 3.9.
 
 Visibility is the band ``lo <= j - i <= hi`` (``HAS_LO``/``HAS_HI`` off = unbounded). Key blocks
 outside the band are never loaded; blocks wholly inside it run without mask arithmetic; the blocks
