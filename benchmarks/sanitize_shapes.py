@@ -1,4 +1,4 @@
-"""Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, both tile paths.
+"""Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, every tile path, FP8.
 
 Exits non-zero if any output differs from the reference (the sanitizer reports bad accesses itself).
 """
@@ -10,7 +10,8 @@ import sys
 
 import torch
 
-from portattn.testing import Case, run_case
+import portattn
+from portattn.testing import Case, make_inputs, run_case
 
 CASES = [
     Case(batch=1, seqlen_q=77, seqlen_k=131, heads_q=4, heads_kv=2, head_dim=64, causal=True),
@@ -20,10 +21,20 @@ CASES = [
 ]
 
 failed = 0
-for path in ("1", "0"):
+for path in ("host", "1", "0"):
     os.environ["PORTATTN_TRITON_TMA"] = path
     for case in CASES:
         result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
         print(f"tma={path} {result.id}: {result.status} {result.message[:200]}")
         failed += result.status != "pass"
+os.environ.pop("PORTATTN_TRITON_TMA")
+for case in CASES:  # precision="fp8": the prepass and the e4m3 forward (tolerance: FP8's error)
+    q, k, v = make_inputs(case, "cuda", torch.bfloat16, seed=1)
+    kw = {"causal": case.causal, "window": case.window, "softcap": case.softcap}
+    out = portattn.attention(q, k, v, precision="fp8", **kw)
+    exact = portattn.attention(q, k, v, backend="reference", **kw)
+    err = (out.double() - exact.double()).abs().max().item()
+    ok = err < 0.3 and not out.isnan().any()
+    print(f"fp8 {case.name}: max error {err:.3g} {'pass' if ok else 'FAIL'}")
+    failed += not ok
 sys.exit(1 if failed else 0)

@@ -93,3 +93,60 @@ def test_torch_compile_fullgraph_on_gpu():
         torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v)), strict=True
     ):
         torch.testing.assert_close(a, b)
+
+
+# precision="fp8" (issue 4): (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, kwargs)
+FP8_CASES = [
+    (2, 1024, 1024, 8, 8, 128, {}),
+    (1, 777, 1000, 8, 2, 64, {"causal": True}),  # odd lengths, seqlen_q != seqlen_k, GQA
+    (2, 1000, 1000, 4, 4, 256, {"window": (100, 0)}),
+    (1, 1000, 600, 4, 4, 128, {"causal": True}),  # rows that see no key
+    (1, 512, 512, 4, 4, 96, {"softcap": 30.0}),
+]
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("case", FP8_CASES, ids=[f"{c[1]}x{c[2]}-d{c[5]}-{sorted(c[6])}" for c in FP8_CASES])
+def test_fp8_forward_on_gpu(case):
+    from portattn.backends.triton_hopper import configs, quant
+
+    b, sq, sk, hq, hk, d, kw = case
+    gen = torch.Generator(device="cuda").manual_seed(sq + d)
+    q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k = torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    v = torch.randn(b, sk, hk, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    assert portattn.explain(q, k, v, precision="fp8", quiet=True, **kw).chosen == "triton_hopper"
+    out, lse = portattn.attention(q, k, v, precision="fp8", return_lse=True, **kw)
+    assert out.dtype == torch.bfloat16 and not out.isnan().any() and not lse.isnan().any()
+    cfg = configs.pick("fwd8", d, torch.cuda.get_device_capability(), causal="causal" in kw, loop_len=sk)
+    emu_out, emu_lse = quant.emulated_attention(q, k, v, cfg.block_m, cfg.block_n, **kw)
+    exact_out, exact_lse = portattn.attention(q, k, v, backend="reference", return_lse=True, **kw)
+    empty = exact_lse == float("-inf")
+    assert torch.equal(lse == float("-inf"), empty)
+    assert torch.all(out.transpose(1, 2)[empty] == 0)
+    err_emu = (out.double() - emu_out.double()).abs()
+    assert err_emu.max() < 2**-4 * v.abs().max() + 0.01 and err_emu.mean() < 0.005, (err_emu.max(), err_emu.mean())
+    err = (out.double() - exact_out.double()).abs()
+    assert err.pow(2).mean().sqrt() < 0.02, err.pow(2).mean().sqrt()
+    assert (lse.double() - exact_lse.double())[~empty].abs().max() < 0.2
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_fp8_accuracy_ordering_on_outliers(head_dim):
+    """FA3's experiment: with 0.1% outlier entries, rotation + block scales < block scales < per-tensor."""
+    from portattn._call import normalize
+    from portattn.backends.triton_hopper import launch
+    from portattn.backends.triton_hopper.quant import outlier_inputs
+
+    gen = torch.Generator().manual_seed(head_dim)
+    q, k, v = (outlier_inputs((2, 1024, 8, head_dim), gen).to("cuda", torch.bfloat16) for _ in range(3))
+    exact = portattn.attention(q, k, v, backend="reference").double()
+    call = normalize(q, k, v, causal=False, window=None, scale=None, softcap=None, sparsity=None, bias=None,
+                     precision="fp8", return_lse=False, top_left=False, requires_grad=False)  # fmt: skip
+
+    def rmse(**options):
+        return (launch.forward_fp8(call, q, k, v, **options)[0].double() - exact).pow(2).mean().sqrt().item()
+
+    per_tensor, block, rotated = rmse(rotate=False, per_tensor=True), rmse(rotate=False), rmse()
+    assert rotated < block < per_tensor, (rotated, block, per_tensor)

@@ -14,18 +14,20 @@ SM90_SMEM = 227 * 1024  # bytes of shared memory one block may use on an H100
 def _smem_bytes(kernel: str, cfg: configs.Config, dim: int, elem: int) -> int:
     """A lower bound of the pipelined tiles' shared memory: the resident operand plus ``num_stages``
     copies of the streamed ones."""
-    resident, streamed = (cfg.block_m, cfg.block_n) if kernel in ("fwd", "dq") else (cfg.block_n, cfg.block_m)
+    resident, streamed = (cfg.block_n, cfg.block_m) if kernel == "dkdv" else (cfg.block_m, cfg.block_n)
     return (resident + 2 * cfg.num_stages * streamed) * dim * elem
 
 
 @pytest.mark.parametrize(
-    "kernel,bucket,causal", itertools.product(("fwd", "dkdv", "dq"), (64, 128, 256), (False, True))
+    "kernel,bucket,causal", itertools.product(("fwd", "dkdv", "dq", "fwd8"), (64, 128, 256), (False, True))
 )
 @pytest.mark.parametrize("fp32", [False, True])
 @pytest.mark.parametrize("loop_len", [1024, 16384])
 def test_every_sm90_config_fits_shared_memory(kernel, bucket, causal, fp32, loop_len):
+    fp32 = fp32 and kernel != "fwd8"  # FP8 takes 16-bit inputs and runs on 1-byte tiles
     cfg = configs.pick(kernel, bucket, (9, 0), causal=causal, fp32=fp32, loop_len=loop_len)
-    assert _smem_bytes(kernel, cfg, bucket, 4 if fp32 else 2) <= SM90_SMEM, cfg
+    elem = 1 if kernel == "fwd8" else 4 if fp32 else 2
+    assert _smem_bytes(kernel, cfg, bucket, elem) <= SM90_SMEM, cfg
     assert cfg.block_m & (cfg.block_m - 1) == 0 and cfg.block_n & (cfg.block_n - 1) == 0
 
 

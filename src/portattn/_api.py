@@ -121,7 +121,7 @@ def resolve(
             q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
             bias=bias, precision=precision, return_lse=return_lse, top_left=top_left, requires_grad=grad, band=band,
         )  # fmt: skip
-        chosen = _dispatch.select(call, forced)
+        call, chosen = _dispatch.select_call(call, forced)
         if key is not None:
             if len(_cache) >= _CACHE_LIMIT:
                 _cache.clear()

@@ -102,6 +102,10 @@ class AttentionCall:
             parts.append("requires_grad")
         return ", ".join(parts)
 
+    def without_fp8(self) -> AttentionCall:
+        """The same call in the input dtype: where no backend has an FP8 backward."""
+        return replace(self, precision=None, features=self.features - {FP8})
+
     def with_tensors(self, sparsity: SparsityPattern | None, bias: torch.Tensor | None) -> AttentionCall:
         """The same call carrying this call's own mask/bias tensors (the cache keys on their shapes)."""
         return replace(self, sparsity=sparsity, bias=bias)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from portattn import _registry
+from portattn import _call, _registry
 from portattn.errors import NoBackendError
 
 if TYPE_CHECKING:
@@ -88,6 +88,22 @@ def select(call: AttentionCall, forced: str | None) -> Backend:
     raise NoBackendError(_format(call, table, "no backend can serve this call"), table)
 
 
+FP8_FALLBACK = "no backend has an FP8 backward: inputs that require grad run in the input dtype"
+
+
+def select_call(call: AttentionCall, forced: str | None) -> tuple[AttentionCall, Backend]:
+    """``select``, except that ``precision="fp8"`` with inputs that require grad falls back to the input
+    dtype (SPEC §4: FP8 is forward-only) when no backend can serve it as asked. Returns the call that
+    will run."""
+    try:
+        return call, select(call, forced)
+    except NoBackendError:
+        if forced is not None or _call.FP8 not in call.features or _call.BACKWARD not in call.features:
+            raise
+        fallback = call.without_fp8()
+        return fallback, select(fallback, forced)
+
+
 @dataclass(frozen=True)
 class ExplainRow:
     name: str
@@ -107,11 +123,14 @@ class Explanation:
     chosen: str | None
     forced: str | None
     error: str | None
+    note: str | None = None
 
     def __str__(self) -> str:
         lines = [f"call: {self.call.describe()}"]
         if self.forced:
             lines.append(f"forced backend: {self.forced}")
+        if self.note:
+            lines.append(f"note: {self.note}")
         width = max([len(r.name) for r in self.rows] + [7])
         lines.append(f"   {'backend':<{width}}  {'prio':>4}  status")
         for r in self.rows:
@@ -128,15 +147,20 @@ class Explanation:
             "chosen": self.chosen,
             "forced": self.forced,
             "error": self.error,
+            "note": self.note,
             "backends": [r.__dict__ for r in self.rows],
         }
 
 
 def explanation(call: AttentionCall, forced: str | None) -> Explanation:
     reg = _registry.get()
+    note = None
     try:
-        chosen: str | None = select(call, forced).name
+        ran, backend = select_call(call, forced)
+        chosen: str | None = backend.name
         error = None
+        if ran is not call:
+            note, call = FP8_FALLBACK, ran
     except NoBackendError as exc:
         chosen, error = None, str(exc).splitlines()[0]
     rows = []
@@ -150,4 +174,4 @@ def explanation(call: AttentionCall, forced: str | None) -> Explanation:
         )
     for failure in reg.failures:
         rows.append(ExplainRow(failure.name, failure.origin, False, None, [failure.reason or ""], False))
-    return Explanation(call, rows, chosen, forced, error)
+    return Explanation(call, rows, chosen, forced, error, note)

@@ -30,7 +30,11 @@ TORCH_SDPA_KERNELS = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backends", help="comma-separated portattn backends (default: every available one but reference)")
+    p.add_argument(
+        "--backends",
+        help="comma-separated portattn backends (default: every available one but reference);"
+        " NAME:fp8 times NAME with precision='fp8'",
+    )
     p.add_argument("--baselines", default="auto",
                    help="comma-separated torch baselines: torch.sdpa (default kernel choice), "
                         f"{', '.join(TORCH_SDPA_KERNELS)}, torch.flex; 'auto' = those that run on the device; "
@@ -195,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     records = {r.name: r for r in portattn.list_backends()}
     if args.backends:
         backends = args.backends.split(",")
-        unknown = [b for b in backends if b not in records]
+        unknown = [b for b in backends if b.partition(":")[0] not in records or b.partition(":")[2] not in ("", "fp8")]
         if unknown:
             print(f"unknown backend(s) {unknown}; known: {list(records)}", file=sys.stderr)
             return 2
@@ -224,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_(requires_grad) for x in (q, k, v))
         runs: list[tuple[str, Callable | None, list[torch.Tensor], str]] = []
         for name in backends:
-            fn = partial(portattn.attention, q, k, v, causal=causal, backend=name)
+            base, _, precision = name.partition(":")
+            fn = partial(portattn.attention, q, k, v, causal=causal, backend=base, precision=precision or None)
             runs.append((name, fn, [q, k, v], ""))
         for name, (impl, why) in impls.items():
             fn = None if impl is None else partial(impl, qt, kt, vt, causal)

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 # the same kernels are exact under the interpreter at the GPU's tile sizes and the descriptor path
 # passes on the GPU. Until that is understood, head_dim_v != head_dim runs only on the TMA path.
 POINTER_PATH_HEAD_DIM_V = (
-    "head_dim_v != head_dim needs the TMA path (sm90+): the pointer path faulted on an H100 at "
-    "head_dim 40 / head_dim_v 24 (under investigation)"
+    "head_dim_v != head_dim needs the TMA path (sm90+): on an H100 the pointer-path forward read shared "
+    "memory out of bounds at head_dim 40 / head_dim_v 24 (Triton 3.6 code generation, see RESULTS.md)"
 )
+FP8_NO_BACKWARD = "precision='fp8' is forward-only (no backward kernel); inputs that require grad need a 16-bit backend"
 
 
 def _interpreting() -> bool:
@@ -53,6 +54,7 @@ class TritonHopperBackend(Backend):
                 _call.BACKWARD,
                 _call.LSE_BACKWARD,
                 _call.HEAD_DIM_V,
+                _call.FP8,
             }
         ),  # fmt: skip
     )
@@ -72,6 +74,8 @@ class TritonHopperBackend(Backend):
         return self.interpreter_capabilities if _interpreting() else self.capabilities
 
     def extra_reasons(self, call: AttentionCall) -> list[str]:
+        if _call.FP8 in call.features:
+            return self._fp8_reasons(call)
         if _interpreting() or call.head_dim == call.head_dim_v:
             return []
         row_bytes = [d * call.dtype.itemsize for d in (call.head_dim, call.head_dim_v)]
@@ -79,9 +83,21 @@ class TritonHopperBackend(Backend):
             return [f"{POINTER_PATH_HEAD_DIM_V}; TMA needs sm90+ and head dims of a multiple of 16 bytes"]
         return []
 
+    def _fp8_reasons(self, call: AttentionCall) -> list[str]:
+        reasons = [FP8_NO_BACKWARD] if _call.BACKWARD in call.features else []
+        if _interpreting():
+            return reasons
+        if cuda_capability(call.device) < (9, 0):
+            reasons.append("precision='fp8' needs sm90+ (e4m3 tensor cores and TMA)")
+        if (call.head_dim_v * call.dtype.itemsize) % 16:
+            reasons.append("precision='fp8' needs head_dim_v * element size to be a multiple of 16 bytes (TMA)")
+        return reasons
+
     def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         from portattn.backends.triton_hopper import launch
 
+        if call.precision == "fp8":
+            return launch.forward_fp8(call, q, k, v)
         return launch.forward(call, q, k, v)
 
     def backward(self, call, q, k, v, out, lse, dout, dlse=None):

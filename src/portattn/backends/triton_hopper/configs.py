@@ -43,6 +43,13 @@ SM90: dict[tuple[str, int, bool], Config] = {
     ("dq", 128, True): Config(64, 64, 4, 3),  # 184 / - / 333
     ("dq", 256, False): Config(64, 32, 8, 2),
     ("dq", 256, True): Config(64, 32, 8, 2),
+    # precision="fp8" forward (e4m3 tiles are half the bytes: bigger key tiles fit); not yet tuned
+    ("fwd8", 64, False): Config(128, 128, 8, 3),
+    ("fwd8", 64, True): Config(128, 128, 8, 3),
+    ("fwd8", 128, False): Config(128, 128, 8, 3),
+    ("fwd8", 128, True): Config(128, 128, 8, 3),
+    ("fwd8", 256, False): Config(128, 64, 8, 2),
+    ("fwd8", 256, True): Config(128, 64, 8, 2),
 }
 # where a loop of at most SHORT positions (keys for fwd/dq, queries for dkdv) wants smaller tiles:
 # more programs fill the 132 SMs, and big tiles' pipelines do not fill on few iterations
@@ -53,7 +60,7 @@ SM90_SHORT: dict[tuple[str, int, bool], Config] = {
     ("dkdv", 128, True): Config(64, 64, 4, 2),  # 230 vs 181 at 1024 (long: 345 vs 396)
 }
 # sm80/sm89 (pointer path): less shared memory than sm90; not yet tuned on such a GPU
-SM80: dict[tuple[str, int], Config] = {
+SM80: dict[tuple[str, int], Config] = {  # no "fwd8": FP8 runs on sm90 only
     ("fwd", 64): Config(128, 64, 4, 3),
     ("fwd", 128): Config(128, 32, 4, 2),
     ("fwd", 256): Config(64, 32, 4, 1),

@@ -31,6 +31,18 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _to_e4m3(x, UPCAST: tl.constexpr):
+    """float32 -> float8 e4m3 (values within its range). ``UPCAST`` (interpreter only) rounds to e4m3's
+    3 mantissa bits in float32 first: the Triton 3.9 interpreter's cast drops the carry when rounding
+    up crosses a power of two (31.8 -> 16 instead of 32). Ties round half up there, not to even."""
+    if UPCAST:
+        e = tl.floor(tl.math.log2(tl.maximum(tl.abs(x), 0.015625)))  # below 2**-6 e4m3 is subnormal
+        step = tl.math.exp2(e - 3.0)
+        x = tl.floor(x / step + 0.5) * step
+    return x.to(tl.float8e4nv)
+
+
+@triton.jit
 def _tile(head, row0, seqlen, stride, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, TILES: tl.constexpr):
     """Rows ``[row0, row0 + BLOCK_R)`` x ``[0, BLOCK_D)`` of one head; zeros outside ``seqlen x dim``."""
     if TILES == 2:
@@ -61,6 +73,20 @@ def _store_tile(head, row0, seqlen, stride, dim, value, BLOCK_R: tl.constexpr, B
 
 
 @triton.jit
+def _tile_t(head, col0, seqlen, stride, dim, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr):
+    """Of a transposed head (``dim`` rows of ``seqlen`` columns, FP8 V): ``[0, BLOCK_D) x [col0, col0 +
+    BLOCK_C)``, zeros outside. Host descriptors are over ``(batch, dim, heads, seqlen)``."""
+    if TILES == 2:
+        desc, b, h = head
+        return desc.load([b, 0, h, col0]).reshape([BLOCK_D, BLOCK_C])
+    else:
+        rows = tl.arange(0, BLOCK_D)
+        cols = col0 + tl.arange(0, BLOCK_C)
+        mask = (rows[:, None] < dim) & (cols[None, :] < seqlen)
+        return tl.load(head + rows[:, None] * stride + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
 def _head(X, b, h, stride_b, stride_h, stride_s, seqlen, dim, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
           TILES: tl.constexpr):  # fmt: skip
     """One head's ``(seqlen, dim)`` rows: ``TILES`` 0 = a pointer, 1 = a descriptor made here (TMA), 2 =
@@ -76,16 +102,19 @@ def _head(X, b, h, stride_b, stride_h, stride_s, seqlen, dim, BLOCK_R: tl.conste
 
 @triton.jit
 def _span(start0, start1, seqlen_other, band_lo, band_hi, BLOCK: tl.constexpr, OTHER_BLOCK: tl.constexpr,
-          HAS_LO: tl.constexpr, HAS_HI: tl.constexpr):  # fmt: skip
+          HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ALIGN: tl.constexpr):  # fmt: skip
     """For one block of rows ``[start0, start1)`` of one axis, the range of the other axis it can see
     under ``lo <= other - row <= hi``, split as ``(first, full_first, full_last, last)``: blocks in
-    ``[full_first, full_last)`` lie inside the band and inside ``seqlen_other``, and need no mask."""
+    ``[full_first, full_last)`` lie inside the band and inside ``seqlen_other``, and need no mask.
+    ``ALIGN`` starts every block at a multiple of ``OTHER_BLOCK`` (FP8: one scale per such block)."""
     first = 0
     last = seqlen_other
     full_lo = 0
     full_hi = seqlen_other
     if HAS_LO:
         first = tl.maximum(start0 + band_lo, 0)
+        if ALIGN:
+            first = first // OTHER_BLOCK * OTHER_BLOCK
         full_lo = start1 - 1 + band_lo
     if HAS_HI:
         last = tl.minimum(start1 - 1 + band_hi + 1, seqlen_other)
@@ -145,14 +174,21 @@ def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks, stride_vs,
-               head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+               head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr,
+               P_SHIFT: tl.constexpr):  # fmt: skip
+    """``FP8``: q, k, v are e4m3 with one scale per key block (``k_scales``/``v_scales`` point at this
+    head's row of them), v is stored transposed, and ``p`` is cast to e4m3 at ``2**P_SHIFT`` times its
+    value so that it spans e4m3's range (the shift cancels in ``acc / l``; the lse removes it)."""
     for start_n in tl.range(k_first, k_last, BLOCK_N):
         k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
         qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
-        s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
+        if FP8:
+            s, _ = _scores(qk, qk_scale * tl.load(k_scales + start_n // BLOCK_N), softcap, HAS_SOFTCAP)
+        else:
+            s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
         if MASKED:
             offs_n = start_n + tl.arange(0, BLOCK_N)
             s = tl.where(_band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI), s, float("-inf"))
@@ -161,31 +197,44 @@ def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_use = m_new
-        p = tl.math.exp2(s - m_use[:, None])
+        p = tl.math.exp2(s - (m_use - P_SHIFT)[:, None])
         alpha = tl.math.exp2(m_i - m_use)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+        if FP8:
+            vt = _tile_t(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_DV, BLOCK_N, TILES)
+            pv = _dot(_to_e4m3(p, UPCAST), tl.trans(vt), DOT_PRECISION, UPCAST)
+            acc = acc * alpha[:, None] + pv * tl.load(v_scales + start_n // BLOCK_N)
+        else:
+            v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
     return acc, l_i, m_i
 
 
 @triton.jit
-def attn_fwd(Q, K, V, Out, LSE,
+def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
              stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
              stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
              seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
              GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
              WRITE_LSE: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
-             UPCAST: tl.constexpr):  # fmt: skip
+             UPCAST: tl.constexpr, FP8: tl.constexpr, OUT_DTYPE: tl.constexpr, P_SHIFT: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
-    batch*heads_q)``."""
+    batch*heads_q)``. ``FP8``: Q, K, V come from ``quantize_blocks`` (V transposed) with their scales
+    ``QS`` ``(batch, heads_q, cdiv(seqlen_q, BLOCK_M))`` and ``KS``, ``VS`` ``(batch, heads_kv,
+    cdiv(seqlen_k, BLOCK_N))``, and P is cast at ``2**P_SHIFT`` times its value (FA3 uses 8); otherwise
+    the scales are unused and ``P_SHIFT`` is 0."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
     v_head = _head(V, b, hk, stride_vb, stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
     o_head = _head(Out, b, h, stride_ob, stride_oh, stride_os, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
+    k_blocks = tl.cdiv(seqlen_k, BLOCK_N)
+    k_scales = KS + (b * (heads_q // GROUP) + hk) * k_blocks
+    v_scales = VS + (b * (heads_q // GROUP) + hk) * k_blocks
+    if FP8:
+        qk_scale = qk_scale * tl.load(QS + bh * tl.num_programs(0) + start_m // BLOCK_M)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -194,27 +243,53 @@ def attn_fwd(Q, K, V, Out, LSE,
     q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
-                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, first, full_first, seqlen_k,
-                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                               DOT_PRECISION, UPCAST)  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_first, full_last, seqlen_k,
-                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                               BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                               DOT_PRECISION, UPCAST)  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, full_last, last, seqlen_k,
-                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                               BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                               DOT_PRECISION, UPCAST)  # fmt: skip
+                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
+    for part in tl.static_range(3):  # masked head, unmasked middle, masked tail
+        lo_n, hi_n = _part(part, first, full_first, full_last, last)
+        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, lo_n, hi_n, seqlen_k,
+                                   stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale,
+                                   softcap, k_scales, v_scales, BLOCK_N, BLOCK_D, BLOCK_DV, part != 1, HAS_LO,
+                                   HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT)  # fmt: skip
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(q.dtype), BLOCK_M, BLOCK_DV,
+    _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(OUT_DTYPE), BLOCK_M, BLOCK_DV,
                 TILES)  # fmt: skip
     if WRITE_LSE:
-        lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+        lse = tl.where(empty, float("-inf"), (m_i - P_SHIFT + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2)
         tl.store(LSE + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
+
+
+@triton.jit
+def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, stride_ys, stride_yh,
+                    seqlen, heads, dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ROTATE: tl.constexpr,
+                    TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """The FP8 prepass, one read of the input: ``BLOCK`` rows of one (batch, head) of ``X`` ``(batch,
+    seqlen, heads, dim)``, times the rotation ``M`` ``(BLOCK_D, BLOCK_D)`` if ``ROTATE``, divided by
+    their scale ``amax / 448`` and stored as e4m3 in ``Y``: ``(batch, seqlen_pad, heads, BLOCK_D)``, or
+    if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)`` (``stride_ys`` then steps a dim); rows past
+    ``seqlen`` are written as zeros. ``SCALE[b, h, block]`` gets the scale. Grid ``(seqlen_pad / BLOCK,
+    batch*heads)``."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    rows = blk * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
+    x = tl.load(X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0)
+    x = x.to(tl.float32)
+    if ROTATE:
+        m = tl.load(M + cols[:, None] * BLOCK_D + cols[None, :])
+        x = tl.dot(x, m, input_precision="ieee")
+    scale = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-12) / 448.0
+    y = _to_e4m3(x / scale, UPCAST)
+    base = Y + b * stride_yb + h * stride_yh
+    if TRANSPOSE:
+        tl.store(base + cols[:, None] * stride_ys + rows[None, :], tl.trans(y))
+    else:
+        tl.store(base + rows[:, None] * stride_ys + cols[None, :], y)
+    tl.store(SCALE + bh * tl.num_programs(0) + blk, scale)
 
 
 @triton.jit
@@ -242,7 +317,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     # rows that can see these keys: -hi <= i - j <= -lo (padded rows and keys contribute zero here)
     first, full_first, full_last, last = _span(start_n, start_n + BLOCK_N, seqlen_q, -band_hi, -band_lo,
-                                               BLOCK_N, BLOCK_M, HAS_HI, HAS_LO)  # fmt: skip
+                                               BLOCK_N, BLOCK_M, HAS_HI, HAS_LO, False)  # fmt: skip
     heads_q = heads_kv * GROUP
     for g in range(GROUP):
         h = hk * GROUP + g
@@ -308,7 +383,7 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
-                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI)  # fmt: skip
+                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI, False)  # fmt: skip
     for part in tl.static_range(3):
         lo_n, hi_n = _part(part, first, full_first, full_last, last)
         for start_n in tl.range(lo_n, hi_n, BLOCK_N):

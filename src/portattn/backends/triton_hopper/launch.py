@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 import torch
 import triton
+import triton.language as tl
 
 from portattn import _alloc
 from portattn._device import cuda_capability
-from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, kernels
+from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, kernels, quant
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
@@ -40,6 +41,7 @@ def _capability(t: torch.Tensor) -> tuple[int, int] | None:
 
 
 POINTER, DEVICE_TMA, HOST_TMA = 0, 1, 2  # the kernels' TILES modes
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
 def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
@@ -145,10 +147,90 @@ def forward(
     operands = _operands(tiles, (q, bm, d), (k, bn, d), (v, bn, dv), (out, bm, dv))
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
     kernels.attn_fwd[grid](
-        *operands, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
+        *operands, lse, lse, lse, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles, FP8=False, P_SHIFT=0.0,
+        OUT_DTYPE=_TL_DTYPES[q.dtype], num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
+    )  # fmt: skip
+    return out, lse
+
+
+def _quantize(
+    x: torch.Tensor, block: int, dim_pad: int, rotation: torch.Tensor | None, transpose: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The FP8 prepass on ``x`` ``(batch, seqlen, heads, dim)``: e4m3 values ``(batch, seqlen_pad, heads,
+    dim_pad)`` (or ``(batch, dim_pad, heads, seqlen_pad)`` if ``transpose``), seqlen padded to a multiple
+    of ``block`` with zeros, and float32 scales ``(batch, heads, seqlen_pad / block)``."""
+    b, s, h, d = x.shape
+    blocks = triton.cdiv(s, block)
+    shape = (b, dim_pad, h, blocks * block) if transpose else (b, blocks * block, h, dim_pad)
+    y = torch.empty(shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(b, h, blocks, dtype=torch.float32, device=x.device)
+    x = _lastdim_contiguous(x)
+    kernels.quantize_blocks[(blocks, b * h)](
+        x, rotation if rotation is not None else scale, y, scale, *_bsh(x), y.stride(0), y.stride(1), y.stride(2),
+        s, h, d, BLOCK=block, BLOCK_D=dim_pad, ROTATE=rotation is not None, TRANSPOSE=transpose,
+        UPCAST=interpreting(), num_warps=4,
+    )  # fmt: skip
+    return y, scale
+
+
+def _quantize_per_tensor(x: torch.Tensor, block: int, dim_pad: int, transpose: bool) -> tuple[torch.Tensor, ...]:
+    """The accuracy baseline: one scale for the whole tensor (no rotation), laid out as ``_quantize``'s."""
+    b, s, h, d = x.shape
+    blocks = triton.cdiv(s, block)
+    values, scale = quant.quantize_tensor(x)
+    padded = torch.zeros(b, blocks * block, h, dim_pad, dtype=torch.float8_e4m3fn, device=x.device)
+    padded[:, :s, :, :d] = values
+    if transpose:
+        padded = padded.permute(0, 3, 2, 1).contiguous()
+    return padded, scale.to(x.device).expand(b, h, blocks).contiguous()
+
+
+def forward_fp8(
+    call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rotate: bool = True,
+    per_tensor: bool = False, p_shift: float = 8.0,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``precision="fp8"``: the prepass (rotation of Q and K, block scales, e4m3; V transposed), then the
+    forward kernel on e4m3 tiles, P cast at ``2**p_shift`` times its value. ``rotate=False``,
+    ``per_tensor=True`` and ``p_shift=0`` give the accuracy benchmark's baselines."""
+    cap = _capability(q)
+    b, sq, hq = call.batch, call.seqlen_q, call.heads_q
+    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
+    lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    if out.numel() == 0 or call.seqlen_k == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    cfg = configs.pick("fwd8", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
+                       loop_len=call.seqlen_k)  # fmt: skip
+    bm, bn = cfg.block_m, cfg.block_n
+    dp, dvp = _block_d(call.head_dim), _block_d(call.head_dim_v)
+    if per_tensor:
+        q8, qs = _quantize_per_tensor(q, bm, dp, False)
+        k8, ks = _quantize_per_tensor(k, bn, dp, False)
+    else:
+        rotation = quant.rotation(dp, q.device) if rotate else None
+        q8, qs = _quantize(q, bm, dp, rotation, False)
+        k8, ks = _quantize(k, bn, dp, rotation, False)
+    v8, vs = _quantize_per_tensor(v, bn, dvp, True) if per_tensor else _quantize(v, bn, dvp, None, True)
+    # on a GPU the backend's reasons guarantee sm90 and a TMA-compatible output; the interpreter runs
+    # the pointer path unless PORTATTN_TRITON_TMA=host (in-kernel descriptors: no FP8 variant)
+    tiles = HOST_TMA if cap is not None else _tiles(cap, True, q8, k8, v8, out)
+    if tiles == HOST_TMA:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        operands = [
+            TensorDescriptor(t, list(t.shape), list(t.stride()), block)
+            for t, block in ((q8, [1, bm, 1, dp]), (k8, [1, bn, 1, dp]), (v8, [1, dvp, 1, bn]), (out, [1, bm, 1, dvp]))
+        ]
+    else:
+        tiles, operands = POINTER, [q8, k8, v8, out]
+    common = _common(call)
+    common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
+    kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
+        *operands, lse, qs, ks, vs, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
+        sq, call.seqlen_k, hq, dp, call.head_dim_v,
+        BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[q.dtype], P_SHIFT=p_shift,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return out, lse
 

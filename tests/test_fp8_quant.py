@@ -1,0 +1,78 @@
+"""FP8 pieces that are plain torch (``triton_hopper.quant``) and the FP8 dispatch rules, on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import portattn
+from portattn.backends.triton_hopper import quant
+
+
+def _sylvester(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+@pytest.mark.parametrize("n", [16, 64, 128, 256])
+def test_rotation_is_orthogonal_signed_hadamard(n):
+    m = quant.rotation(n, dtype=torch.float64)
+    assert torch.allclose(m @ m.T, torch.eye(n, dtype=torch.float64), atol=1e-12)
+    assert torch.equal(m, torch.diag(quant.signs(n)) @ _sylvester(n) / math.sqrt(n))
+    assert {-1.0, 1.0} == set(quant.signs(n).tolist())  # both signs occur
+    x = torch.randn(5, 3, n, dtype=torch.float64)
+    assert torch.allclose(quant.rotate(x), x @ m, atol=1e-12)  # the fast transform is the same rotation
+
+
+def test_rotation_preserves_scores_and_spreads_outliers():
+    q, k = torch.randn(40, 128, dtype=torch.float64), torch.randn(50, 128, dtype=torch.float64)
+    q[3, 7] = 200.0  # one outlier coordinate
+    qr, kr = quant.rotate(q), quant.rotate(k)
+    assert torch.allclose(qr @ kr.T, q @ k.T, atol=1e-9)
+    assert qr[3].abs().max() < 30.0 < q[3].abs().max()  # 200 spread over 128 coordinates: ~17.7 each
+
+
+def test_fwht_refuses_non_power_of_two():
+    with pytest.raises(ValueError, match="power-of-two"):
+        quant.fwht(torch.randn(3, 48))
+
+
+@pytest.mark.parametrize("block", [16, 64])
+def test_block_quantization_round_trips_within_e4m3_error(block):
+    x = torch.randn(2, 37, 3, 64, dtype=torch.bfloat16) * 3
+    values, scale = quant.quantize_blocks(x, block)
+    assert values.dtype == torch.float8_e4m3fn and values.shape == x.shape
+    assert scale.shape == (2, 3, -(-37 // block))
+    back = quant.dequantize_blocks(values, scale, block)
+    # e4m3 keeps 3 mantissa bits: relative error <= 2**-4 for normal values, plus the subnormal floor
+    per_row = scale.double().repeat_interleave(block, dim=2)[:, :, :37].transpose(1, 2)[..., None]
+    bound = x.double().abs() * 2**-4 + per_row * 2**-10
+    assert ((back - x.double()).abs() <= bound).all()
+    amax_code = values.float().abs().amax(dim=(1, 3))  # each (batch, head) reaches 448 in some block
+    assert torch.all(amax_code == 448.0)
+
+
+def test_per_tensor_scale_is_one_number():
+    x = torch.randn(2, 10, 2, 16)
+    x[0, 0, 0, 0] = 100.0
+    values, scale = quant.quantize_tensor(x)
+    assert scale.numel() == 1 and math.isclose(scale.item(), 100.0 / 448.0, rel_tol=1e-6)
+    assert values.float().abs().max().item() == 448.0
+
+
+def test_fp8_with_grad_falls_back_to_the_input_dtype():
+    q, k, v = (torch.randn(1, 9, 2, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    with pytest.raises(portattn.NoBackendError):  # forward-only FP8: nothing on this CPU serves it
+        portattn.attention(q.detach(), k.detach(), v.detach(), precision="fp8")
+    out = portattn.attention(q, k, v, precision="fp8")
+    exact = portattn.attention(q, k, v, backend="reference")
+    assert out.dtype == torch.bfloat16  # computed in the input dtype, like any 16-bit call
+    torch.testing.assert_close(out.double(), exact.double(), atol=2e-2, rtol=2e-2)
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    text = str(portattn.explain(q, k, v, precision="fp8"))
+    assert "no backend has an FP8 backward" in text and "chosen:" in text
