@@ -256,7 +256,8 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
     _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(OUT_DTYPE), BLOCK_M, BLOCK_DV,
                 TILES)  # fmt: skip
     if WRITE_LSE:
-        lse = tl.where(empty, float("-inf"), (m_i - P_SHIFT + tl.math.log2(tl.where(empty, 1.0, l_i))) * LN2)
+        log2_l = tl.math.log2(tl.where(empty, 1.0, l_i))
+        lse = tl.where(empty, float("-inf"), (m_i - P_SHIFT + log2_l) * 0.6931471805599453)
         tl.store(LSE + bh * seqlen_q + offs_m, lse, mask=offs_m < seqlen_q)
 
 
