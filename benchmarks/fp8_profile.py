@@ -38,7 +38,7 @@ def main() -> None:
     s, d = args.seqlen, args.head_dim
     b, h = max(1, 16384 // s), 2048 // d
     q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    m = quant.rotation(d, "cuda")
+    m = quant.signed_hadamard(d, "cuda", torch.bfloat16)
     flops = 4 * b * h * s * s * d / (2 if args.causal else 1)
     rows = {
         "prepass q (rotate)": _ms(lambda: launch._quantize(q, 128, d, m, False)),

@@ -76,3 +76,10 @@ def test_fp8_with_grad_falls_back_to_the_input_dtype():
     assert q.grad is not None and torch.isfinite(q.grad).all()
     text = str(portattn.explain(q, k, v, precision="fp8"))
     assert "no backend has an FP8 backward" in text and "chosen:" in text
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_signed_hadamard_is_exact_in_16_bits(dtype):
+    h = quant.signed_hadamard(128, dtype=dtype)
+    assert set(h.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(h.double() / math.sqrt(128), quant.rotation(128, dtype=torch.float64))

@@ -35,7 +35,7 @@ def test_prepass_matches_torch(rotate, transpose):
     x = torch.randn(2, 37, 3, 40, dtype=torch.bfloat16)
     x[1, 5, 2, 7] = 60.0  # an outlier
     block, dim_pad = 16, 64
-    rotation = quant.rotation(dim_pad) if rotate else None
+    rotation = quant.signed_hadamard(dim_pad, dtype=x.dtype) if rotate else None
     values, scale = launch._quantize(x, block, dim_pad, rotation, transpose)
     padded = torch.nn.functional.pad(x.double(), (0, dim_pad - 40))
     want_values, want_scale = quant.quantize_blocks(quant.rotate(padded) if rotate else padded, block)

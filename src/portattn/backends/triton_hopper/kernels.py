@@ -263,10 +263,11 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
 
 @triton.jit
 def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, stride_ys, stride_yh,
-                    seqlen, heads, dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, ROTATE: tl.constexpr,
-                    TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                    seqlen, heads, dim, rotation_scale, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                    ROTATE: tl.constexpr, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """The FP8 prepass, one read of the input: ``BLOCK`` rows of one (batch, head) of ``X`` ``(batch,
-    seqlen, heads, dim)``, times the rotation ``M`` ``(BLOCK_D, BLOCK_D)`` if ``ROTATE``, divided by
+    seqlen, heads, dim)``, times the rotation ``M * rotation_scale`` if ``ROTATE`` (``M`` ``(BLOCK_D,
+    BLOCK_D)`` holds ±1 in X's dtype: a tensor-core matmul with exact products), divided by
     their scale ``amax / 448`` and stored as e4m3 in ``Y``: ``(batch, seqlen_pad, heads, BLOCK_D)``, or
     if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)`` (``stride_ys`` then steps a dim); rows past
     ``seqlen`` are written as zeros. ``SCALE[b, h, block]`` gets the scale. Grid ``(seqlen_pad / BLOCK,
@@ -279,10 +280,11 @@ def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, 
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
     x = tl.load(X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0)
-    x = x.to(tl.float32)
     if ROTATE:
         m = tl.load(M + cols[:, None] * BLOCK_D + cols[None, :])
-        x = tl.dot(x, m, input_precision="ieee")
+        x = _dot(x, m, "tf32", UPCAST) * rotation_scale
+    else:
+        x = x.to(tl.float32)
     scale = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-12) / 448.0
     y = _to_e4m3(x / scale, UPCAST)
     base = Y + b * stride_yb + h * stride_yh

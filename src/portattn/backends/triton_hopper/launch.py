@@ -5,6 +5,7 @@ Imported only when the backend first runs (it imports triton).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING
 
@@ -158,9 +159,10 @@ def forward(
 def _quantize(
     x: torch.Tensor, block: int, dim_pad: int, rotation: torch.Tensor | None, transpose: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The FP8 prepass on ``x`` ``(batch, seqlen, heads, dim)``: e4m3 values ``(batch, seqlen_pad, heads,
-    dim_pad)`` (or ``(batch, dim_pad, heads, seqlen_pad)`` if ``transpose``), seqlen padded to a multiple
-    of ``block`` with zeros, and float32 scales ``(batch, heads, seqlen_pad / block)``."""
+    """The FP8 prepass on ``x`` ``(batch, seqlen, heads, dim)`` (``rotation``: ``quant.signed_hadamard``
+    in x's dtype, or None): e4m3 values ``(batch, seqlen_pad, heads, dim_pad)`` (or ``(batch, dim_pad,
+    heads, seqlen_pad)`` if ``transpose``), seqlen padded to a multiple of ``block`` with zeros, and
+    float32 scales ``(batch, heads, seqlen_pad / block)``."""
     b, s, h, d = x.shape
     blocks = triton.cdiv(s, block)
     shape = (b, dim_pad, h, blocks * block) if transpose else (b, blocks * block, h, dim_pad)
@@ -169,8 +171,8 @@ def _quantize(
     x = _lastdim_contiguous(x)
     kernels.quantize_blocks[(blocks, b * h)](
         x, rotation if rotation is not None else scale, y, scale, *_bsh(x), y.stride(0), y.stride(1), y.stride(2),
-        s, h, d, BLOCK=block, BLOCK_D=dim_pad, ROTATE=rotation is not None, TRANSPOSE=transpose,
-        UPCAST=interpreting(), num_warps=4,
+        s, h, d, 1.0 / math.sqrt(dim_pad), BLOCK=block, BLOCK_D=dim_pad, ROTATE=rotation is not None,
+        TRANSPOSE=transpose, UPCAST=interpreting(), num_warps=4,
     )  # fmt: skip
     return y, scale
 
@@ -208,7 +210,7 @@ def forward_fp8(
         q8, qs = _quantize_per_tensor(q, bm, dp, False)
         k8, ks = _quantize_per_tensor(k, bn, dp, False)
     else:
-        rotation = quant.rotation(dp, q.device) if rotate else None
+        rotation = quant.signed_hadamard(dp, q.device, q.dtype) if rotate else None
         q8, qs = _quantize(q, bm, dp, rotation, False)
         k8, ks = _quantize(k, bn, dp, rotation, False)
     v8, vs = _quantize_per_tensor(v, bn, dvp, True) if per_tensor else _quantize(v, bn, dvp, None, True)

@@ -43,13 +43,18 @@ def signs(n: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _rotation_cpu(n: int) -> torch.Tensor:
-    return fwht(torch.diag(signs(n))) / math.sqrt(n)  # rows scaled by the signs, then transformed
+def _signed_hadamard_cpu(n: int) -> torch.Tensor:
+    return fwht(torch.diag(signs(n)))  # rows scaled by the signs, then transformed: entries ±1
+
+
+def signed_hadamard(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``diag(signs) @ H`` ``(n, n)``, entries ±1 (exact in any float dtype); ``M`` is this / sqrt(n)."""
+    return _signed_hadamard_cpu(n).to(device=device, dtype=dtype)
 
 
 def rotation(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``M`` ``(n, n)``: apply as ``x @ M``. Cached per size; one copy per call on other devices."""
-    return _rotation_cpu(n).to(device=device, dtype=dtype)
+    """``M`` ``(n, n)``: apply as ``x @ M``."""
+    return (_signed_hadamard_cpu(n) / math.sqrt(n)).to(device=device, dtype=dtype)
 
 
 def rotate(x: torch.Tensor) -> torch.Tensor:
