@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench  (default tests,memcheck,bench)
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8  (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
 set -uo pipefail
@@ -54,5 +54,16 @@ if has bench; then
   timeout 420 $PY -m portattn bench --seqlens "$SEQ" --head-dims 64,128 --mode both --no-progress \
     --backends triton_hopper --baselines "$BASE" --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1 || status=1
   $PY benchmarks/ratios.py "$OUT/bench.json" | tee "$OUT/table.md"
+fi
+if has fp8; then
+  echo "== precision='fp8': where the time goes, accuracy, speed against bf16 and the anchors"
+  for s in 16384 4096; do timeout 60 $PY benchmarks/fp8_profile.py --seqlen $s 2>&1 | tee -a "$OUT/fp8_profile.log"; done
+  for d in 64 128 256; do
+    timeout 90 $PY benchmarks/fp8_accuracy.py --seqlen 1024 --head-dim $d 2>&1 | tee -a "$OUT/fp8_accuracy.md"
+  done
+  timeout 300 $PY -m portattn bench --seqlens "$SEQ" --head-dims 128,256 --mode fwd --no-progress \
+    --backends triton_hopper,triton_hopper:fp8 --baselines "$BASE" --json "$OUT/fp8_bench.json" >"$OUT/fp8_bench.log" 2>&1 \
+    || status=1
+  $PY benchmarks/ratios.py "$OUT/fp8_bench.json" | tee "$OUT/fp8_table.md"
 fi
 exit $status

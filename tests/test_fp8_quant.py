@@ -83,3 +83,19 @@ def test_signed_hadamard_is_exact_in_16_bits(dtype):
     h = quant.signed_hadamard(128, dtype=dtype)
     assert set(h.unique().tolist()) == {-1.0, 1.0}
     assert torch.equal(h.double() / math.sqrt(128), quant.rotation(128, dtype=torch.float64))
+
+
+def test_float8_inputs_are_validated_before_any_kernel():
+    q8, qd = quant.quantize_per_kv_head(torch.randn(2, 9, 4, 16), 2)
+    k8, kd = quant.quantize_per_kv_head(torch.randn(2, 11, 2, 16), 2)
+    v8, vd = quant.quantize_per_kv_head(torch.randn(2, 11, 2, 16), 2)
+    with pytest.raises(TypeError, match="precision='fp8'"):
+        portattn.attention(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
+    with pytest.raises(TypeError, match="k_descale"):
+        portattn.attention(q8, k8, v8, precision="fp8", q_descale=qd, v_descale=vd)
+    with pytest.raises(ValueError, match=r"v_descale must be float32 \(2, 2\)"):
+        portattn.attention(q8, k8, v8, precision="fp8", q_descale=qd, k_descale=kd, v_descale=vd[:, :1])
+    with pytest.raises(ValueError, match="float8_e4m3fn inputs only"):
+        portattn.attention(*(torch.randn(2, 9, 2, 16) for _ in range(3)), q_descale=qd)
+    with pytest.raises(portattn.NoBackendError, match="dtype float8_e4m3fn not supported"):
+        portattn.attention(q8, k8, v8, precision="fp8", q_descale=qd, k_descale=kd, v_descale=vd)

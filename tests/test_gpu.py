@@ -150,3 +150,22 @@ def test_fp8_accuracy_ordering_on_outliers(head_dim):
 
     per_tensor, block, rotated = rmse(rotate=False, per_tensor=True), rmse(rotate=False), rmse()
     assert rotated < block < per_tensor, (rotated, block, per_tensor)
+
+
+@pytest.mark.hopper
+def test_fp8_prequantized_inputs_on_gpu():
+    """FA3's API shape: float8 inputs with (batch, heads_kv) descales, GQA, causal, odd lengths."""
+    from portattn.backends.triton_hopper import quant
+
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, s, h, 128, generator=gen) for s, h in ((1000, 8), (1333, 2), (1333, 2)))
+    (q8, qd), (k8, kd), (v8, vd) = (quant.quantize_per_kv_head(x, 2) for x in (q, k, v))
+    q8, k8, v8, qd, kd, vd = (t.cuda() for t in (q8, k8, v8, qd, kd, vd))
+    out = portattn.attention(q8, k8, v8, precision="fp8", q_descale=qd, k_descale=kd, v_descale=vd, causal=True)
+    assert out.dtype == torch.bfloat16 and not out.isnan().any()
+    heads = torch.arange(8, device="cuda") // 4
+    qx = (q8.double() * qd[:, None, heads, None]).float()
+    kx, vx = ((x8.double() * d[:, None, :, None]).float() for x8, d in ((k8, kd), (v8, vd)))
+    want = portattn.attention(qx, kx, vx, backend="reference", causal=True).double()
+    err = (out.double() - want).abs()
+    assert err.max() < 2**-4 * vx.abs().max() + 0.01 and err.mean() < 0.005, (err.max(), err.mean())

@@ -67,12 +67,13 @@ def run(
     backend: str | None = None,
     top_left: bool = False,
     band: tuple[int | None, int | None] | None = None,
+    descale: tuple[Any, Any, Any] | None = None,
 ) -> Any:
     """Validate (or find in the cache), dispatch, and run one call. ``band`` (internal) replaces the
     band derived from ``causal``/``window``: ``lo <= j - i <= hi`` in this call's own indices."""
     call, chosen = resolve(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity, bias=bias,
-        precision=precision, return_lse=return_lse, backend=backend, top_left=top_left, band=band,
+        precision=precision, return_lse=return_lse, backend=backend, top_left=top_left, band=band, descale=descale,
     )  # fmt: skip
     if call.requires_grad:
         out, lse = _AttentionFunction.apply(q, k, v, chosen, call)
@@ -98,6 +99,7 @@ def resolve(
     top_left: bool,
     grad: bool | None = None,
     band: tuple[int | None, int | None] | None = None,
+    descale: tuple[Any, Any, Any] | None = None,
 ) -> tuple[AttentionCall, Backend]:
     """The validated call and the backend that serves it, from the cache when the signature was seen.
 
@@ -112,6 +114,7 @@ def resolve(
             causal, window, scale, softcap, precision, return_lse, grad, top_left, forced, reg.version, band,
             None if sparsity is None else sparsity.cache_key,
             None if bias is None else (bias.shape, bias.dtype, bias.device, bias.requires_grad),
+            None if descale is None else tuple(None if d is None else (d.shape, d.dtype, d.device) for d in descale),
         )  # fmt: skip
         hit = _cache.get(key)
     except (AttributeError, TypeError):  # not tensors, or unhashable arguments: validation says what
@@ -120,6 +123,7 @@ def resolve(
         call = _call.normalize(
             q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
             bias=bias, precision=precision, return_lse=return_lse, top_left=top_left, requires_grad=grad, band=band,
+            descale=descale,
         )  # fmt: skip
         call, chosen = _dispatch.select_call(call, forced)
         if key is not None:
@@ -128,8 +132,8 @@ def resolve(
             _cache[key] = (call, chosen)
     else:
         call, chosen = hit
-        if sparsity is not None or bias is not None:
-            call = call.with_tensors(sparsity, bias)
+        if sparsity is not None or bias is not None or descale is not None:
+            call = call.with_tensors(sparsity, bias, None if call.descale is None else tuple(descale))
     return call, chosen
 
 
@@ -146,6 +150,9 @@ def attention(
     precision: str | None = None,
     return_lse: bool = False,
     backend: str | None = None,
+    q_descale: torch.Tensor | None = None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Exact attention on whatever hardware holds the tensors (SPEC §1).
 
@@ -161,9 +168,13 @@ def attention(
         precision: None (input dtype, fp32 accumulation) or ``"fp8"``.
         return_lse: also return ``lse`` float32 ``(batch, heads_q, seqlen_q)`` (natural log).
         backend: force a backend by name (``NoBackendError`` with its reasons if it cannot serve).
+        q_descale, k_descale, v_descale: for inputs already quantized to ``float8_e4m3fn`` (FA3's API):
+            float32 ``(batch, heads_kv)`` each, the real values being ``x * descale``; with
+            ``precision="fp8"``. The output is then bfloat16.
 
     Returns:
-        ``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype, or ``(out, lse)``.
+        ``out (batch, seqlen_q, heads_q, head_dim_v)`` in q's dtype (bfloat16 for float8 inputs), or
+        ``(out, lse)``.
         A query row that sees no key has out 0 and lse ``-inf``.
     """
     if torch.compiler.is_compiling() and sparsity is None and precision is None:
@@ -172,9 +183,12 @@ def attention(
         from portattn import _compile
 
         return _compile.attention(q, k, v, causal, window, scale, softcap, return_lse, backend)
+    descale = (
+        None if q_descale is None and k_descale is None and v_descale is None else (q_descale, k_descale, v_descale)
+    )
     return run(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity,
-        precision=precision, return_lse=return_lse, backend=backend,
+        precision=precision, return_lse=return_lse, backend=backend, descale=descale,
     )  # fmt: skip
 
 
@@ -256,11 +270,13 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, quiet: bool = 
     forced = _dispatch.forced_name(kwargs.pop("backend", None))
     options = {"causal": False, "window": None, "scale": None, "softcap": None, "sparsity": None,
                "precision": None, "return_lse": False}  # fmt: skip
+    descales = [kwargs.pop(name, None) for name in ("q_descale", "k_descale", "v_descale")]
     unknown = set(kwargs) - set(options)
     if unknown:
         raise TypeError(f"explain() got unexpected keyword arguments {sorted(unknown)}")
     options.update(kwargs)
-    call = _call.normalize(q, k, v, bias=None, top_left=False, **options)
+    descale = None if all(d is None for d in descales) else tuple(descales)
+    call = _call.normalize(q, k, v, bias=None, top_left=False, descale=descale, **options)
     result = _dispatch.explanation(call, forced)
     if not quiet:
         print(result)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from portattn.sparse import SparsityPattern
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FP8_DTYPE = torch.float8_e4m3fn  # pre-quantized inputs (precision="fp8" with descale tensors)
 PRECISIONS = (None, "fp8")
 
 # Feature names used in capabilities and reasons.
@@ -60,6 +61,8 @@ class AttentionCall:
     softcap: float | None
     sparsity: SparsityPattern | None
     bias: torch.Tensor | None  # (batch|1, heads_q|1, seqlen_q, seqlen_k), added to the scores
+    # float8 inputs: (q_descale, k_descale, v_descale), each float32 (batch, heads_kv): x = x8 * descale
+    descale: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
     precision: str | None
     return_lse: bool
     requires_grad: bool
@@ -106,9 +109,14 @@ class AttentionCall:
         """The same call in the input dtype: where no backend has an FP8 backward."""
         return replace(self, precision=None, features=self.features - {FP8})
 
-    def with_tensors(self, sparsity: SparsityPattern | None, bias: torch.Tensor | None) -> AttentionCall:
-        """The same call carrying this call's own mask/bias tensors (the cache keys on their shapes)."""
-        return replace(self, sparsity=sparsity, bias=bias)
+    def with_tensors(
+        self,
+        sparsity: SparsityPattern | None,
+        bias: torch.Tensor | None,
+        descale: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> AttentionCall:
+        """The same call carrying this call's own mask/bias/descale tensors (the cache keys on shapes)."""
+        return replace(self, sparsity=sparsity, bias=bias, descale=descale)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -171,8 +179,10 @@ def normalize(
     top_left: bool,
     requires_grad: bool | None = None,
     band: tuple[int | None, int | None] | None = None,
+    descale: tuple[Any, Any, Any] | None = None,
 ) -> AttentionCall:
-    """Validate one call's arguments and describe it. Raises before any kernel runs."""
+    """Validate one call's arguments and describe it. Raises before any kernel runs. ``descale``:
+    ``(q_descale, k_descale, v_descale)`` as the caller gave them, or None when none was given."""
     from portattn.sparse import SparsityPattern
 
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -186,8 +196,8 @@ def normalize(
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D {layouts[name]}, got shape {_shape(t)}")
-        if t.dtype not in DTYPES:
-            raise TypeError(f"{name} dtype must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.dtype not in DTYPES and t.dtype != FP8_DTYPE:
+            raise TypeError(f"{name} dtype must be float16, bfloat16, float32 or float8_e4m3fn, got {t.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     batch, seqlen_q, heads_q, head_dim = q.shape
@@ -225,8 +235,9 @@ def normalize(
     softcap = _check_number("softcap", softcap, positive=True)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be None or 'fp8', got {precision!r}")
-    if precision == "fp8" and q.dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"precision='fp8' takes float16 or bfloat16 inputs, got {q.dtype}")
+    if precision == "fp8" and q.dtype not in (torch.float16, torch.bfloat16, FP8_DTYPE):
+        raise TypeError(f"precision='fp8' takes float16, bfloat16 or float8_e4m3fn inputs, got {q.dtype}")
+    descale = _check_descale(descale, q, batch, heads_kv, precision)
     if sparsity is not None:
         if not isinstance(sparsity, SparsityPattern):
             raise TypeError(f"sparsity must be a pattern from portattn.sparse or None, got {type(sparsity).__name__}")
@@ -276,11 +287,40 @@ def normalize(
         softcap=softcap,
         sparsity=sparsity,
         bias=bias,
+        descale=descale,
         precision=precision,
         return_lse=return_lse,
         requires_grad=requires_grad,
         features=frozenset(features),
     )
+
+
+def _check_descale(
+    descale: tuple[Any, Any, Any] | None, q: torch.Tensor, batch: int, heads_kv: int, precision: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """float8 inputs come with FA3's descale tensors, float32 ``(batch, heads_kv)`` each; others with none."""
+    names = ("q_descale", "k_descale", "v_descale")
+    given = descale is not None and any(d is not None for d in descale)
+    if q.dtype != FP8_DTYPE:
+        if given:
+            raise ValueError("q_descale, k_descale and v_descale apply to float8_e4m3fn inputs only")
+        return None
+    if precision != "fp8":
+        raise TypeError("float8_e4m3fn inputs need precision='fp8' (and q_descale, k_descale, v_descale)")
+    if descale is None:
+        descale = (None, None, None)
+    for name, d in zip(names, descale, strict=True):
+        if not isinstance(d, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a float32 tensor (batch, heads_kv) for float8 inputs, got {type(d).__name__}"
+            )
+        if d.dtype != torch.float32 or tuple(d.shape) != (batch, heads_kv):
+            raise ValueError(
+                f"{name} must be float32 ({batch}, {heads_kv}) (batch, heads_kv), got {d.dtype} {_shape(d)}"
+            )
+        if d.device != q.device:
+            raise ValueError(f"{name} must be on the device of q ({q.device}), got {d.device}")
+    return tuple(descale)
 
 
 def _check_bias(bias: Any, batch: int, heads: int, seqlen_q: int, seqlen_k: int, device: torch.device) -> None:

@@ -92,3 +92,24 @@ def test_fp8_forward(monkeypatch, path, case):
     err = (out.double() - exact_out.double()).abs()
     assert err.pow(2).mean().sqrt() < 0.04 and err.max() < 0.25, (err.max(), err.pow(2).mean().sqrt())
     assert (lse.double() - exact_lse.double())[seen].abs().max() < 0.15
+
+
+def test_prequantized_float8_inputs_with_descales():
+    """FA3's API shape: the caller quantizes (one descale per batch and kv head); no rotation here."""
+    torch.manual_seed(5)
+    q, k, v = torch.randn(2, 41, 4, 64), torch.randn(2, 50, 2, 64), torch.randn(2, 50, 2, 64)
+    (q8, qd), (k8, kd), (v8, vd) = (quant.quantize_per_kv_head(x, 2) for x in (q, k, v))
+    out, lse = portattn.attention(
+        q8, k8, v8, precision="fp8", q_descale=qd, k_descale=kd, v_descale=vd, causal=True, return_lse=True
+    )
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 41, 4, 64) and not out.isnan().any()
+    group = torch.tensor([0, 0, 1, 1])  # query head -> kv head
+
+    def dequant(x8, descale, heads):
+        return (x8.double() * descale[:, None, heads, None]).float()
+
+    qx, kx, vx = dequant(q8, qd, group), dequant(k8, kd, torch.arange(2)), dequant(v8, vd, torch.arange(2))
+    want, want_lse = portattn.attention(qx, kx, vx, backend="reference", causal=True, return_lse=True)
+    err = (out.double() - want.double()).abs()  # only P's e4m3 rounding and the bf16 output differ
+    assert err.max() < 2**-4 * vx.abs().max() + 0.01 and err.mean() < 0.01, (err.max(), err.mean())
+    assert (lse.double() - want_lse.double()).abs().max() < 1e-3

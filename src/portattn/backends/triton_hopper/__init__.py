@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from portattn import _call
-from portattn._backend import Backend, Capabilities
+from portattn._backend import ALL_DTYPES, Backend, Capabilities
 from portattn._device import cuda_capability
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class TritonHopperBackend(Backend):
     capabilities = Capabilities(
         devices=frozenset({"cuda"}),
         compute_capability=((8, 0), None),
+        dtypes=ALL_DTYPES | {_call.FP8_DTYPE},  # float8: pre-quantized inputs with descales (precision="fp8")
         max_head_dim=256,
         features=frozenset(
             {
@@ -89,8 +90,8 @@ class TritonHopperBackend(Backend):
             return reasons
         if cuda_capability(call.device) < (9, 0):
             reasons.append("precision='fp8' needs sm90+ (e4m3 tensor cores and TMA)")
-        if (call.head_dim_v * call.dtype.itemsize) % 16:
-            reasons.append("precision='fp8' needs head_dim_v * element size to be a multiple of 16 bytes (TMA)")
+        if call.head_dim_v % 8:  # the 16-bit output's rows, through TMA
+            reasons.append("precision='fp8' needs head_dim_v to be a multiple of 8 (16-byte output rows for TMA)")
         return reasons
 
     def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

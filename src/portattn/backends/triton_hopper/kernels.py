@@ -101,7 +101,7 @@ def _head(X, b, h, stride_b, stride_h, stride_s, seqlen, dim, BLOCK_R: tl.conste
 
 
 @triton.jit
-def _span(start0, start1, seqlen_other, band_lo, band_hi, BLOCK: tl.constexpr, OTHER_BLOCK: tl.constexpr,
+def _span(start0, start1, seqlen_other, band_lo, band_hi, OTHER_BLOCK: tl.constexpr,
           HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, ALIGN: tl.constexpr):  # fmt: skip
     """For one block of rows ``[start0, start1)`` of one axis, the range of the other axis it can see
     under ``lo <= other - row <= hi``, split as ``(first, full_first, full_last, last)``: blocks in
@@ -243,7 +243,7 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
     q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
-                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
+                                               BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
     for part in tl.static_range(3):  # masked head, unmasked middle, masked tail
         lo_n, hi_n = _part(part, first, full_first, full_last, last)
         acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, lo_n, hi_n, seqlen_k,
@@ -320,7 +320,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     # rows that can see these keys: -hi <= i - j <= -lo (padded rows and keys contribute zero here)
     first, full_first, full_last, last = _span(start_n, start_n + BLOCK_N, seqlen_q, -band_hi, -band_lo,
-                                               BLOCK_N, BLOCK_M, HAS_HI, HAS_LO, False)  # fmt: skip
+                                               BLOCK_M, HAS_HI, HAS_LO, False)  # fmt: skip
     heads_q = heads_kv * GROUP
     for g in range(GROUP):
         h = hk * GROUP + g
@@ -386,7 +386,7 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
-                                               BLOCK_M, BLOCK_N, HAS_LO, HAS_HI, False)  # fmt: skip
+                                               BLOCK_N, HAS_LO, HAS_HI, False)  # fmt: skip
     for part in tl.static_range(3):
         lo_n, hi_n = _part(part, first, full_first, full_last, last)
         for start_n in tl.range(lo_n, hi_n, BLOCK_N):

@@ -179,14 +179,25 @@ def _quantize(
 
 def _quantize_per_tensor(x: torch.Tensor, block: int, dim_pad: int, transpose: bool) -> tuple[torch.Tensor, ...]:
     """The accuracy baseline: one scale for the whole tensor (no rotation), laid out as ``_quantize``'s."""
+    values, scale = quant.quantize_tensor(x)
+    descale = scale.to(x.device).expand(x.shape[0], x.shape[2])
+    return _pad_prequantized(values.to(x.device), descale, block, dim_pad, transpose, 1)
+
+
+def _pad_prequantized(
+    x: torch.Tensor, descale: torch.Tensor, block: int, dim_pad: int, transpose: bool, group: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caller-quantized float8 ``x`` ``(batch, seqlen, heads, dim)`` with its FA3 descale ``(batch,
+    heads_kv)`` in ``_quantize``'s layout: zero-padded values, and the descale as one scale per block
+    (``group`` query heads share a key/value head's descale)."""
     b, s, h, d = x.shape
     blocks = triton.cdiv(s, block)
-    values, scale = quant.quantize_tensor(x)
-    padded = torch.zeros(b, blocks * block, h, dim_pad, dtype=torch.float8_e4m3fn, device=x.device)
-    padded[:, :s, :, :d] = values
+    padded = torch.zeros(b, blocks * block, h, dim_pad, dtype=x.dtype, device=x.device)
+    padded[:, :s, :, :d] = x
     if transpose:
         padded = padded.permute(0, 3, 2, 1).contiguous()
-    return padded, scale.to(x.device).expand(b, h, blocks).contiguous()
+    scale = descale.repeat_interleave(group, dim=1)[:, :, None].expand(b, h, blocks).contiguous()
+    return padded, scale
 
 
 def forward_fp8(
@@ -195,10 +206,13 @@ def forward_fp8(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``precision="fp8"``: the prepass (rotation of Q and K, block scales, e4m3; V transposed), then the
     forward kernel on e4m3 tiles, P cast at ``2**p_shift`` times its value. ``rotate=False``,
-    ``per_tensor=True`` and ``p_shift=0`` give the accuracy benchmark's baselines."""
+    ``per_tensor=True`` and ``p_shift=0`` give the accuracy benchmark's baselines. Float8 inputs with
+    ``call.descale`` skip the prepass (no rotation: the caller quantized) and give a bfloat16 output."""
     cap = _capability(q)
     b, sq, hq = call.batch, call.seqlen_q, call.heads_q
-    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
+    prequantized = call.descale is not None
+    out_dtype = torch.bfloat16 if prequantized else q.dtype
+    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=out_dtype, device=q.device)
     lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     if out.numel() == 0 or call.seqlen_k == 0:
         return out.zero_(), lse.fill_(float("-inf"))
@@ -206,14 +220,20 @@ def forward_fp8(
                        loop_len=call.seqlen_k)  # fmt: skip
     bm, bn = cfg.block_m, cfg.block_n
     dp, dvp = _block_d(call.head_dim), _block_d(call.head_dim_v)
-    if per_tensor:
+    if prequantized:
+        q_descale, k_descale, v_descale = call.descale
+        q8, qs = _pad_prequantized(q, q_descale, bm, dp, False, call.group_size)
+        k8, ks = _pad_prequantized(k, k_descale, bn, dp, False, 1)
+        v8, vs = _pad_prequantized(v, v_descale, bn, dvp, True, 1)
+    elif per_tensor:
         q8, qs = _quantize_per_tensor(q, bm, dp, False)
         k8, ks = _quantize_per_tensor(k, bn, dp, False)
     else:
         rotation = quant.signed_hadamard(dp, q.device, q.dtype) if rotate else None
         q8, qs = _quantize(q, bm, dp, rotation, False)
         k8, ks = _quantize(k, bn, dp, rotation, False)
-    v8, vs = _quantize_per_tensor(v, bn, dvp, True) if per_tensor else _quantize(v, bn, dvp, None, True)
+    if not prequantized:
+        v8, vs = _quantize_per_tensor(v, bn, dvp, True) if per_tensor else _quantize(v, bn, dvp, None, True)
     # on a GPU the backend's reasons guarantee sm90 and a TMA-compatible output; the interpreter runs
     # the pointer path unless PORTATTN_TRITON_TMA=host (in-kernel descriptors: no FP8 variant)
     tiles = HOST_TMA if cap is not None else _tiles(cap, True, q8, k8, v8, out)
@@ -231,7 +251,7 @@ def forward_fp8(
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
         *operands, lse, qs, ks, vs, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
         sq, call.seqlen_k, hq, dp, call.head_dim_v,
-        BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[q.dtype], P_SHIFT=p_shift,
+        BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype], P_SHIFT=p_shift,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return out, lse

@@ -92,6 +92,17 @@ def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x.double() / scale).to(torch.float8_e4m3fn), scale.float()
 
 
+def quantize_per_kv_head(x: torch.Tensor, heads_kv: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FA3-style caller quantization of ``x`` ``(batch, seqlen, heads, dim)``: e4m3 values and a float32
+    descale ``(batch, heads_kv)``, one per key/value head (query heads share their group's), so that
+    ``values * descale`` approximates ``x``; what ``attention(..., q_descale=...)`` takes."""
+    b, s, h, d = x.shape
+    groups = x.double().view(b, s, heads_kv, h // heads_kv, d)
+    descale = groups.abs().amax(dim=(1, 3, 4)).clamp_min(1e-12) / E4M3_MAX
+    values = (groups / descale[:, None, :, None, None]).to(torch.float8_e4m3fn).view(b, s, h, d)
+    return values, descale.float()
+
+
 def outlier_inputs(
     shape: tuple[int, ...], gen: torch.Generator, fraction: float = 1e-3, std: float = 10.0
 ) -> torch.Tensor:
