@@ -94,6 +94,19 @@ def test_fp8_forward(monkeypatch, path, case):
     assert (lse.double() - exact_lse.double())[seen].abs().max() < 0.15
 
 
+def test_fp8_forward_float16_non_contiguous():
+    """float16 inputs in the (batch, heads, seqlen, dim) memory layout, viewed as (batch, seqlen, heads, dim)."""
+    torch.manual_seed(3)
+    q, k, v = (torch.randn(1, h, s, 64, dtype=torch.float16).transpose(1, 2) for h, s in ((4, 35), (2, 47), (2, 47)))
+    assert not q.is_contiguous()
+    out = portattn.attention(q, k, v, precision="fp8", causal=True)
+    assert out.dtype == torch.float16 and not out.isnan().any()
+    cfg = configs.pick("fwd8", 64, None)
+    emu_out, _ = quant.emulated_attention(q, k, v, cfg.block_m, cfg.block_n, causal=True)
+    err = (out.double() - emu_out.double()).abs()
+    assert err.max() < 2**-4 * v.abs().max() + 0.01 and err.mean() < 0.01, (err.max(), err.mean())
+
+
 def test_prequantized_float8_inputs_with_descales():
     """FA3's API shape: the caller quantizes (one descale per batch and kv head); no rotation here."""
     torch.manual_seed(5)
