@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8  (default tests,memcheck,bench)
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic  (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
 set -uo pipefail
@@ -65,5 +65,17 @@ if has fp8; then
     --backends triton_hopper,triton_hopper:fp8 --baselines "$BASE" --json "$OUT/fp8_bench.json" >"$OUT/fp8_bench.log" 2>&1 \
     || status=1
   $PY benchmarks/ratios.py "$OUT/fp8_bench.json" | tee "$OUT/fp8_table.md"
+fi
+if has atomic; then
+  echo "== PORTATTN_TRITON_DQ=atomic: determinism-free backward against the default, fwd+bwd"
+  for dq in separate atomic; do
+    PORTATTN_TRITON_DQ=$dq timeout 200 $PY -m portattn bench --seqlens "$SEQ" --head-dims 64,128 --mode fwd+bwd \
+      --no-progress --backends triton_hopper --baselines torch.sdpa.flash,torch.flex --json "$OUT/dq_$dq.json" \
+      >"$OUT/dq_$dq.log" 2>&1 || status=1
+    $PY benchmarks/ratios.py "$OUT/dq_$dq.json" | tee "$OUT/dq_$dq.md"
+  done
+  PORTATTN_TRITON_DQ=atomic timeout 150 $PY -m pytest -q tests/test_gpu.py -k "real_sizes" -p no:cacheprovider \
+    >"$OUT/dq_atomic_tests.log" 2>&1 || status=1
+  tail -1 "$OUT/dq_atomic_tests.log"
 fi
 exit $status

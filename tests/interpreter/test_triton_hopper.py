@@ -65,3 +65,32 @@ def test_torch_compile_traces_through_without_graph_breaks():
         torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v)), strict=True
     ):
         torch.testing.assert_close(a, b)
+
+
+DENSE = [(i, d) for i, d in MATRIX if "sparsity" not in CASES[i].tags]  # sparsity: refused, checked above
+
+
+@pytest.mark.parametrize("index,dtype", DENSE, ids=[f"{CASES[i].name}-{str(d)[6:]}" for i, d in DENSE])
+def test_atomic_dq_under_interpreter(monkeypatch, index, dtype):
+    """PORTATTN_TRITON_DQ=atomic: dQ added by atomics inside the dK/dV kernel (host-descriptor path)."""
+    monkeypatch.setenv("PORTATTN_TRITON_TMA", "host")
+    monkeypatch.setenv("PORTATTN_TRITON_DQ", "atomic")
+    result = run_case("triton_hopper", CASES[index], dtype=dtype, seed=index + 100)
+    result.raise_for_failure()
+    assert result.status == "pass", result.message
+    assert "dq" in result.errors
+
+
+def test_atomic_dq_yields_to_deterministic_algorithms(monkeypatch):
+    from portattn.backends.triton_hopper import launch
+
+    monkeypatch.setenv("PORTATTN_TRITON_DQ", "atomic")
+    assert launch._atomic_dq()
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not launch._atomic_dq()
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    monkeypatch.delenv("PORTATTN_TRITON_DQ")
+    assert not launch._atomic_dq()

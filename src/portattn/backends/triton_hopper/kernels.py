@@ -296,17 +296,21 @@ def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, 
 
 
 @triton.jit
-def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                   stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                   stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                   stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
                   seqlen_q, seqlen_k, heads_kv, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                   GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                  TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                  TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                  ATOMIC_DQ: tl.constexpr):  # fmt: skip
     """One program: ``BLOCK_N`` keys of one (batch, kv head), summing over the head's query group.
 
-    Grid ``(cdiv(seqlen_k, BLOCK_N), batch*heads_kv)``; no atomics, deterministic."""
+    Grid ``(cdiv(seqlen_k, BLOCK_N), batch*heads_kv)``; without ``ATOMIC_DQ`` no atomics, deterministic.
+    ``ATOMIC_DQ`` also adds each block's ``dS^T K`` into ``DQ_ACC`` (float32 ``(batch, heads_q,
+    seqlen_q, BLOCK_D)``, zeroed, unscaled) with atomics, so that no dQ kernel recomputes P and dP:
+    two matmuls of seven fewer, in an order that varies from run to run."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = bh // heads_kv
@@ -350,6 +354,11 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV,
                 if HAS_SOFTCAP:
                     ds = ds * (1.0 - t * t)
                 dk += _dot(ds.to(q.dtype), q, DOT_PRECISION, UPCAST)
+                if ATOMIC_DQ:
+                    dq = _dot(tl.trans(ds.to(k.dtype)), k, DOT_PRECISION, UPCAST)  # [BLOCK_M, BLOCK_D]
+                    cols = tl.arange(0, BLOCK_D)
+                    tl.atomic_add(DQ_ACC + (rows_base + offs_m)[:, None] * BLOCK_D + cols[None, :], dq,
+                                  mask=in_rows[:, None], sem="relaxed")  # fmt: skip
     dk_head = _head(DK, b, hk, stride_dkb, stride_dkh, stride_dks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
     dv_head = _head(DV, b, hk, stride_dvb, stride_dvh, stride_dvs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV,
                     TILES)  # fmt: skip

@@ -20,6 +20,7 @@ from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, ke
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
 
+DQ_ENV = "PORTATTN_TRITON_DQ"  # "atomic": dQ by atomics inside the dK/dV kernel (not deterministic)
 TMA_ENV = "PORTATTN_TRITON_TMA"  # "0" pointer path, "1" in-kernel descriptors, "host" host descriptors (default)
 
 
@@ -88,6 +89,12 @@ def _operands(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list:
 def _needs_tma(call: AttentionCall, cap: tuple[int, int] | None) -> bool:
     """head_dim_v != head_dim must take the descriptor path on a GPU (see POINTER_PATH_HEAD_DIM_V)."""
     return cap is not None and call.head_dim != call.head_dim_v
+
+
+def _atomic_dq() -> bool:
+    """dQ by atomics (``PORTATTN_TRITON_DQ=atomic``), unless torch asks for deterministic algorithms.
+    Off by default until it is measured against the separate dQ kernel on a GPU."""
+    return os.environ.get(DQ_ENV, "") == "atomic" and not torch.are_deterministic_algorithms_enabled()
 
 
 def _block_d(dim: int) -> int:
@@ -298,12 +305,17 @@ def backward(
     bm, bn = kv_cfg.block_m, kv_cfg.block_n
     operands = _operands(kv_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
     outputs = _operands(kv_tiles, (dk, bn, d), (dv, bn, dv_dim))
+    atomic_dq = _atomic_dq()
+    dq_acc = torch.zeros(b, hq, sq, common["BLOCK_D"], dtype=torch.float32, device=q.device) if atomic_dq else delta
     kernels.attn_bwd_dkdv[(triton.cdiv(sk, kv_cfg.block_n), b * hkv)](
-        *operands, lse, delta, *outputs, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
+        *operands, lse, delta, *outputs, dq_acc, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
         sq, sk, hkv, call.head_dim, call.head_dim_v,
-        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, TILES=kv_tiles,
+        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, TILES=kv_tiles, ATOMIC_DQ=atomic_dq,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
     )  # fmt: skip
+    if atomic_dq:
+        dq.copy_((dq_acc[..., : call.head_dim] * call.scale).transpose(1, 2))
+        return dq, dk, dv
     bm, bn = cfg.block_m, cfg.block_n
     operands = _operands(q_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
     (dq_operand,) = _operands(q_tiles, (dq, bm, d))
