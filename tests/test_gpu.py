@@ -108,6 +108,7 @@ FP8_CASES = [
 @pytest.mark.hopper
 @pytest.mark.parametrize("case", FP8_CASES, ids=[f"{c[1]}x{c[2]}-d{c[5]}-{sorted(c[6])}" for c in FP8_CASES])
 def test_fp8_forward_on_gpu(case):
+    from portattn._call import normalize
     from portattn.backends.triton_hopper import configs, quant
 
     b, sq, sk, hq, hk, d, kw = case
@@ -118,7 +119,11 @@ def test_fp8_forward_on_gpu(case):
     assert portattn.explain(q, k, v, precision="fp8", quiet=True, **kw).chosen == "triton_hopper"
     out, lse = portattn.attention(q, k, v, precision="fp8", return_lse=True, **kw)
     assert out.dtype == torch.bfloat16 and not out.isnan().any() and not lse.isnan().any()
-    cfg = configs.pick("fwd8", d, torch.cuda.get_device_capability(), causal="causal" in kw, loop_len=sk)
+    call = normalize(q, k, v, causal=kw.get("causal", False), window=kw.get("window"), scale=None,
+                     softcap=kw.get("softcap"), sparsity=None, bias=None, precision="fp8", return_lse=True,
+                     top_left=False)  # fmt: skip
+    causal_type = call.band[1] is not None  # the launch picks the config by band, as here
+    cfg = configs.pick("fwd8", d, torch.cuda.get_device_capability(), causal=causal_type, loop_len=sk)
     emu_out, emu_lse = quant.emulated_attention(q, k, v, cfg.block_m, cfg.block_n, **kw)
     exact_out, exact_lse = portattn.attention(q, k, v, backend="reference", return_lse=True, **kw)
     empty = exact_lse == float("-inf")
