@@ -21,7 +21,7 @@ $PY -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.ve
 
 if has tests; then
   echo "== GPU tests"
-  timeout 270 $PY -m pytest -q -m "gpu or hopper" tests/test_gpu.py -p no:cacheprovider --durations=5 >"$OUT/gpu_tests.log" 2>&1 || status=1
+  timeout 330 $PY -m pytest -q -m "gpu or hopper" tests/test_gpu.py -p no:cacheprovider --durations=5 >"$OUT/gpu_tests.log" 2>&1 || status=1
   grep -E "^(FAILED|ERROR)" "$OUT/gpu_tests.log" | head -20
   tail -2 "$OUT/gpu_tests.log"
 fi

@@ -86,3 +86,18 @@ def test_bench_smoke(tmp_path):
     assert impls == {"portable", "sdpa", "torch.sdpa"}
     assert len(data["points"]) == 2 * 2 * 2 * 3  # seqlens x causal x modes x impls
     assert all(p["tflops"] and p["tflops"] > 0 for p in data["points"])
+
+
+def test_bench_rounds_and_fp8_spec(tmp_path):
+    """Interleaved rounds leave their spread in the note; NAME:fp8 is timed as its own implementation
+    (here refused: no FP8 backend on this CPU) and a reason is recorded, not a crash."""
+    out = tmp_path / "bench.json"
+    proc = portattn_cli(
+        "bench", "--seqlens", "64", "--head-dims", "32", "--tokens", "128", "--hidden", "64", "--causal", "no",
+        "--repeats", "1", "--rounds", "2", "--backends", "portable,portable:fp8", "--baselines", "none",
+        "--json", str(out), "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    points = {p["impl"]: p for p in json.loads(out.read_text())["points"]}
+    assert points["portable"]["note"].startswith("rounds ") and points["portable"]["tflops"] > 0
+    assert points["portable:fp8"]["tflops"] is None and "fp8" in points["portable:fp8"]["note"]

@@ -49,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
     p.add_argument("--mode", choices=["fwd", "fwd+bwd", "both"], default="fwd")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions per point (median reported)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds per point, median reported (default 3 on cuda, 1 on cpu)",
+    )
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a TFLOP/s plot (needs matplotlib)")
     p.add_argument("--no-progress", action="store_true")
@@ -81,12 +87,12 @@ WARMUP_MS = 100.0  # run at least this long before timing: clocks ramp up after 
 
 
 def _timer(device: torch.device, repeats: int) -> Callable[[Callable[[], object]], float]:
-    def time_cuda(fn: Callable[[], object]) -> float:
+    def time_cuda(fn: Callable[[], object], warmup_ms: float = WARMUP_MS) -> float:
         fn()
         torch.cuda.synchronize(device)
         start = time.perf_counter()
         calls = 0
-        while calls < 3 or (time.perf_counter() - start) * 1e3 < WARMUP_MS:
+        while calls < 3 or (time.perf_counter() - start) * 1e3 < warmup_ms:
             fn()
             torch.cuda.synchronize(device)  # without it the CPU would queue far more than WARMUP_MS of work
             calls += 1
@@ -101,7 +107,7 @@ def _timer(device: torch.device, repeats: int) -> Callable[[Callable[[], object]
         torch.cuda.synchronize(device)
         return statistics.median(s.elapsed_time(e) for s, e in events)
 
-    def time_cpu(fn: Callable[[], object]) -> float:
+    def time_cpu(fn: Callable[[], object], warmup_ms: float = 0.0) -> float:
         fn()
         times = []
         for _ in range(repeats):
@@ -165,10 +171,10 @@ def _default_baselines(device: torch.device) -> list[str]:
     return ["torch.sdpa"]
 
 
-def _measure(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: str, timer) -> float:
+def _measure(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: str, timer, warmup_ms: float) -> float:
     if mode == "fwd":
         with torch.no_grad():
-            return timer(fn)
+            return timer(fn, warmup_ms)
     grad_out: list[torch.Tensor] = []
 
     def fwd_bwd():
@@ -179,7 +185,7 @@ def _measure(fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: s
             grad_out.append(torch.randn_like(out))
         out.backward(grad_out[0])
 
-    return timer(fwd_bwd)
+    return timer(fwd_bwd, warmup_ms)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -193,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
     tokens = args.tokens or (16384 if on_cuda else 2048)
     hidden = args.hidden or (2048 if on_cuda else 256)
     repeats = args.repeats or (10 if on_cuda else 3)
+    rounds = args.rounds or (3 if on_cuda else 1)
     causals = {"both": [False, True], "yes": [True], "no": [False]}[args.causal]
     modes = ["fwd", "fwd+bwd"] if args.mode == "both" else [args.mode]
 
@@ -234,19 +241,29 @@ def run(args: argparse.Namespace) -> int:
         for name, (impl, why) in impls.items():
             fn = None if impl is None else partial(impl, qt, kt, vt, causal)
             runs.append((name, fn, [qt, kt, vt], why))
-        for name, fn, inputs, why in runs:
+        # interleaved rounds: every implementation is timed once per round, so that a drift of the
+        # GPU's clocks over the point's measurement hits all of them alike; the median round counts
+        samples: dict[str, list[float]] = {name: [] for name, _, _, _ in runs}
+        notes = {name: why for name, _, _, why in runs}
+        for round_ in range(rounds):
+            warmup_ms = WARMUP_MS if round_ == 0 else WARMUP_MS / 5  # later rounds follow busy ones
+            for name, fn, inputs, _ in runs:
+                if fn is None or notes[name] and not samples[name]:
+                    continue  # unavailable, or it failed on the first round
+                try:
+                    samples[name].append(_measure(fn, inputs, mode, timer, warmup_ms))
+                except Exception as exc:  # a kernel that refuses a shape is reported, not fatal
+                    notes[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        for name, _, _, _ in runs:
             done += 1
             if not args.no_progress:
                 bar = "#" * (30 * done // total)
                 what = f"{name} d={head_dim} s={seqlen} {mode}{' causal' if causal else ''}"
                 print(f"\r[{bar:<30}] {done}/{total} {what}   ", end="", file=sys.stderr, flush=True)
-            ms, tf, note = None, None, why
-            if fn is not None:
-                try:
-                    ms = _measure(fn, inputs, mode, timer)
-                    tf = flops(batch, heads, seqlen, head_dim, causal, mode) / (ms * 1e-3) / 1e12
-                except Exception as exc:  # a kernel that refuses a shape is reported, not fatal
-                    note = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            ms = statistics.median(samples[name]) if samples[name] else None
+            tf = None if ms is None else flops(batch, heads, seqlen, head_dim, causal, mode) / (ms * 1e-3) / 1e12
+            spread = f"rounds {min(samples[name]):.4g}-{max(samples[name]):.4g} ms" if len(samples[name]) > 1 else ""
+            note = notes[name] if ms is None else spread
             points.append(Point(name, mode, batch, seqlen, heads, heads_kv, head_dim, causal,
                                 str(dtype).replace("torch.", ""), ms, tf, note))  # fmt: skip
             if args.json:  # after every point, so that a run cut short keeps what it measured
