@@ -50,8 +50,10 @@ def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
     """TMA needs sm90+, a contiguous last dim, 16-byte aligned bases and strides, and no empty dim."""
     if capability is None:
         return True  # the interpreter has no such limits
-    if capability < (9, 0):
-        return False
+    return capability >= (9, 0) and _tma_aligned(*tensors)
+
+
+def _tma_aligned(*tensors: torch.Tensor) -> bool:
     for t in tensors:
         size = t.element_size()
         if t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16:
@@ -191,20 +193,25 @@ def _quantize_per_tensor(x: torch.Tensor, block: int, dim_pad: int, transpose: b
     return _pad_prequantized(values.to(x.device), descale, block, dim_pad, transpose, 1)
 
 
+def _block_scales(descale: torch.Tensor, group: int, blocks: int) -> torch.Tensor:
+    """FA3's descale ``(batch, heads_kv)`` as the kernel's per-block scales ``(batch, heads, blocks)``
+    (``group`` query heads share a key/value head's descale)."""
+    per_head = descale.repeat_interleave(group, dim=1)
+    return per_head[:, :, None].expand(*per_head.shape, blocks).contiguous()
+
+
 def _pad_prequantized(
     x: torch.Tensor, descale: torch.Tensor, block: int, dim_pad: int, transpose: bool, group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Caller-quantized float8 ``x`` ``(batch, seqlen, heads, dim)`` with its FA3 descale ``(batch,
-    heads_kv)`` in ``_quantize``'s layout: zero-padded values, and the descale as one scale per block
-    (``group`` query heads share a key/value head's descale)."""
+    heads_kv)`` in ``_quantize``'s layout: zero-padded values and per-block scales."""
     b, s, h, d = x.shape
     blocks = triton.cdiv(s, block)
     padded = torch.zeros(b, blocks * block, h, dim_pad, dtype=x.dtype, device=x.device)
     padded[:, :s, :, :d] = x
     if transpose:
         padded = padded.permute(0, 3, 2, 1).contiguous()
-    scale = descale.repeat_interleave(group, dim=1)[:, :, None].expand(b, h, blocks).contiguous()
-    return padded, scale
+    return padded, _block_scales(descale, group, blocks)
 
 
 def forward_fp8(
@@ -229,8 +236,14 @@ def forward_fp8(
     dp, dvp = _block_d(call.head_dim), _block_d(call.head_dim_v)
     if prequantized:
         q_descale, k_descale, v_descale = call.descale
-        q8, qs = _pad_prequantized(q, q_descale, bm, dp, False, call.group_size)
-        k8, ks = _pad_prequantized(k, k_descale, bn, dp, False, 1)
+        # Q and K are read where they are (masks, or TMA's zero fill, cover the tails); V must be
+        # transposed for the FP8 MMA, and strides TMA cannot describe need a padded copy
+        q8, k8 = _lastdim_contiguous(q), _lastdim_contiguous(k)
+        qs = _block_scales(q_descale, call.group_size, triton.cdiv(sq, bm))
+        ks = _block_scales(k_descale, 1, triton.cdiv(call.seqlen_k, bn))
+        if not _tma_aligned(q8, k8):  # descriptors cannot take them as they are
+            q8, qs = _pad_prequantized(q, q_descale, bm, dp, False, call.group_size)
+            k8, ks = _pad_prequantized(k, k_descale, bn, dp, False, 1)
         v8, vs = _pad_prequantized(v, v_descale, bn, dvp, True, 1)
     elif per_tensor:
         q8, qs = _quantize_per_tensor(q, bm, dp, False)
@@ -257,7 +270,7 @@ def forward_fp8(
     common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
         *operands, lse, qs, ks, vs, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
-        sq, call.seqlen_k, hq, dp, call.head_dim_v,
+        sq, call.seqlen_k, hq, call.head_dim if prequantized else dp, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype], P_SHIFT=p_shift,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
