@@ -248,24 +248,18 @@ def forward_fp8(
     elif per_tensor:
         q8, qs = _quantize_per_tensor(q, bm, dp, False)
         k8, ks = _quantize_per_tensor(k, bn, dp, False)
+        v8, vs = _quantize_per_tensor(v, bn, dvp, True)
     else:
         rotation = quant.signed_hadamard(dp, q.device, q.dtype) if rotate else None
         q8, qs = _quantize(q, bm, dp, rotation, False)
         k8, ks = _quantize(k, bn, dp, rotation, False)
-    if not prequantized:
-        v8, vs = _quantize_per_tensor(v, bn, dvp, True) if per_tensor else _quantize(v, bn, dvp, None, True)
+        v8, vs = _quantize(v, bn, dvp, None, True)
     # on a GPU the backend's reasons guarantee sm90 and a TMA-compatible output; the interpreter runs
     # the pointer path unless PORTATTN_TRITON_TMA=host (in-kernel descriptors: no FP8 variant)
     tiles = HOST_TMA if cap is not None else _tiles(cap, True, q8, k8, v8, out)
-    if tiles == HOST_TMA:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        operands = [
-            TensorDescriptor(t, list(t.shape), list(t.stride()), block)
-            for t, block in ((q8, [1, bm, 1, dp]), (k8, [1, bn, 1, dp]), (v8, [1, dvp, 1, bn]), (out, [1, bm, 1, dvp]))
-        ]
-    else:
-        tiles, operands = POINTER, [q8, k8, v8, out]
+    tiles = POINTER if tiles == DEVICE_TMA else tiles
+    # V is transposed: its (rows, dim) spec is (dim, keys); BLOCK_N is a power of two, so it stays
+    operands = _operands(tiles, (q8, bm, dp), (k8, bn, dp), (v8, dvp, bn), (out, bm, call.head_dim_v))
     common = _common(call)
     common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
