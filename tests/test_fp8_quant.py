@@ -83,6 +83,8 @@ def test_signed_hadamard_is_exact_in_16_bits(dtype):
     h = quant.signed_hadamard(128, dtype=dtype)
     assert set(h.unique().tolist()) == {-1.0, 1.0}
     assert torch.equal(h.double() / math.sqrt(128), quant.rotation(128, dtype=torch.float64))
+    # one copy per (size, device, dtype): a copy from the host per call would stall a GPU's queue
+    assert quant.signed_hadamard(128, "cpu", dtype) is h
 
 
 def test_float8_inputs_are_validated_before_any_kernel():

@@ -43,13 +43,15 @@ SM90: dict[tuple[str, int, bool], Config] = {
     ("dq", 128, True): Config(64, 64, 4, 3),  # 184 / - / 333
     ("dq", 256, False): Config(64, 32, 8, 2),
     ("dq", 256, True): Config(64, 32, 8, 2),
-    # precision="fp8" forward (e4m3 tiles are half the bytes: bigger key tiles fit); not yet tuned
-    ("fwd8", 64, False): Config(128, 128, 8, 3),
-    ("fwd8", 64, True): Config(128, 128, 8, 3),
-    ("fwd8", 128, False): Config(128, 128, 8, 3),
-    ("fwd8", 128, True): Config(128, 128, 8, 3),
-    ("fwd8", 256, False): Config(128, 64, 8, 2),
-    ("fwd8", 256, True): Config(128, 64, 8, 2),
+    # precision="fp8" forward, tuned like the above at 4096 and 16384 (fwd8 lines of
+    # benchmarks/results/h100_tune_fwd8_2026-11-24.jsonl; TF/s count the prepass): 64-row query tiles
+    # keep two programs per SM
+    ("fwd8", 64, False): Config(64, 256, 4, 2),  # 387 / 459
+    ("fwd8", 64, True): Config(64, 256, 4, 2),  # 222 / 416
+    ("fwd8", 128, False): Config(64, 128, 4, 3),  # 522 / 664
+    ("fwd8", 128, True): Config(64, 128, 4, 3),  # 387 / 636
+    ("fwd8", 256, False): Config(64, 64, 4, 3),  # 528 / 704
+    ("fwd8", 256, True): Config(64, 64, 4, 3),  # 385 / 657
 }
 # where a loop of at most SHORT positions (keys for fwd/dq, queries for dkdv) wants smaller tiles:
 # more programs fill the 132 SMs, and big tiles' pipelines do not fill on few iterations

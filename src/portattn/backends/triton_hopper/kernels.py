@@ -30,6 +30,15 @@ def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _dot_acc(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """``acc + a @ b`` in one MMA chain (no second fp32 tile in registers), ``UPCAST`` as in ``_dot``."""
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def _to_e4m3(x, UPCAST: tl.constexpr):
     """float32 -> float8 e4m3 (values within its range). ``UPCAST`` (interpreter only) rounds to e4m3's
     3 mantissa bits in float32 first: the Triton 3.9 interpreter's cast drops the carry when rounding
@@ -39,6 +48,21 @@ def _to_e4m3(x, UPCAST: tl.constexpr):
         step = tl.math.exp2(e - 3.0)
         x = tl.floor(x / step + 0.5) * step
     return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _quantize_tile(x, M, rotation_scale, BLOCK_D: tl.constexpr, ROTATE: tl.constexpr, UPCAST: tl.constexpr):
+    """A tile ``x`` ``(rows, BLOCK_D)`` times ``M * rotation_scale`` if ``ROTATE`` (``M`` ``(BLOCK_D,
+    BLOCK_D)`` holds ±1 in x's dtype: a tensor-core matmul with exact products), as e4m3 values and
+    their one float32 scale ``amax / 448`` (value = e4m3 * scale)."""
+    if ROTATE:
+        cols = tl.arange(0, BLOCK_D)
+        m = tl.load(M + cols[:, None] * BLOCK_D + cols[None, :])
+        x = _dot(x, m, "tf32", UPCAST) * rotation_scale
+    else:
+        x = x.to(tl.float32)
+    scale = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-12) / 448.0
+    return _to_e4m3(x / scale, UPCAST), scale
 
 
 @triton.jit
@@ -172,15 +196,17 @@ def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks, stride_vs,
-               head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
+def _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks,
+               stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
                DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr,
                P_SHIFT: tl.constexpr):  # fmt: skip
     """``FP8``: q, k, v are e4m3 with one scale per key block (``k_scales``/``v_scales`` point at this
     head's row of them), v is stored transposed, and ``p`` is cast to e4m3 at ``2**P_SHIFT`` times its
-    value so that it spans e4m3's range (the shift cancels in ``acc / l``; the lse removes it)."""
+    value so that it spans e4m3's range (the shift cancels in ``acc / l``; the lse removes it). ``acc``
+    is then kept in units of ``v_unit``, the scale of the last V block: rescaling it by the ratio of
+    two scales lets each ``P @ V`` accumulate into it in place, as the 16-bit path does."""
     for start_n in tl.range(k_first, k_last, BLOCK_N):
         k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
         qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
@@ -201,13 +227,15 @@ def _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, k_first, k_last, seqlen
         l_i = l_i * alpha + tl.sum(p, 1)
         if FP8:
             vt = _tile_t(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_DV, BLOCK_N, TILES)
-            pv = _dot(_to_e4m3(p, UPCAST), tl.trans(vt), DOT_PRECISION, UPCAST)
-            acc = acc * alpha[:, None] + pv * tl.load(v_scales + start_n // BLOCK_N)
+            v_scale = tl.load(v_scales + start_n // BLOCK_N)
+            acc = acc * (alpha * (v_unit / v_scale))[:, None]
+            acc = _dot_acc(_to_e4m3(p, UPCAST), tl.trans(vt), acc, DOT_PRECISION, UPCAST)
+            v_unit = v_scale
         else:
             v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
-    return acc, l_i, m_i
+    return acc, l_i, m_i, v_unit
 
 
 @triton.jit
@@ -223,7 +251,8 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
     batch*heads_q)``. ``FP8``: Q, K, V come from ``quantize_blocks`` (V transposed) with their scales
     ``QS`` ``(batch, heads_q, cdiv(seqlen_q, BLOCK_M))`` and ``KS``, ``VS`` ``(batch, heads_kv,
     cdiv(seqlen_k, BLOCK_N))``, and P is cast at ``2**P_SHIFT`` times its value (FA3 uses 8); otherwise
-    the scales are unused and ``P_SHIFT`` is 0."""
+    the scales are unused and ``P_SHIFT`` is 0. (Quantizing Q here instead of in a prepass was tried:
+    the rotation's matrix in shared memory halved the programs per SM, and it ran 12% slower.)"""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
@@ -232,26 +261,28 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
     k_blocks = tl.cdiv(seqlen_k, BLOCK_N)
     k_scales = KS + (b * (heads_q // GROUP) + hk) * k_blocks
     v_scales = VS + (b * (heads_q // GROUP) + hk) * k_blocks
-    if FP8:
-        qk_scale = qk_scale * tl.load(QS + bh * tl.num_programs(0) + start_m // BLOCK_M)
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    v_unit = tl.full([], 1.0, tl.float32)  # FP8: acc's unit, the scale of the last V block seen
     q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
+    if FP8:
+        qk_scale = qk_scale * tl.load(QS + bh * tl.num_programs(0) + start_m // BLOCK_M)
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
     for part in tl.static_range(3):  # masked head, unmasked middle, masked tail
         lo_n, hi_n = _part(part, first, full_first, full_last, last)
-        acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_head, v_head, offs_m, lo_n, hi_n, seqlen_k,
-                                   stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale,
-                                   softcap, k_scales, v_scales, BLOCK_N, BLOCK_D, BLOCK_DV, part != 1, HAS_LO,
-                                   HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT)  # fmt: skip
+        acc, l_i, m_i, v_unit = _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, lo_n, hi_n,
+                                           seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi,
+                                           qk_scale, softcap, k_scales, v_scales, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                           part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST,
+                                           FP8, P_SHIFT)  # fmt: skip
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    out = acc * (v_unit / tl.where(empty, 1.0, l_i))[:, None]
     _store_tile(o_head, start_m, seqlen_q, stride_os, head_dim_v, out.to(OUT_DTYPE), BLOCK_M, BLOCK_DV,
                 TILES)  # fmt: skip
     if WRITE_LSE:
@@ -265,12 +296,10 @@ def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, 
                     seqlen, heads, dim, rotation_scale, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                     ROTATE: tl.constexpr, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """The FP8 prepass, one read of the input: ``BLOCK`` rows of one (batch, head) of ``X`` ``(batch,
-    seqlen, heads, dim)``, times the rotation ``M * rotation_scale`` if ``ROTATE`` (``M`` ``(BLOCK_D,
-    BLOCK_D)`` holds ±1 in X's dtype: a tensor-core matmul with exact products), divided by
-    their scale ``amax / 448`` and stored as e4m3 in ``Y``: ``(batch, seqlen_pad, heads, BLOCK_D)``, or
-    if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)`` (``stride_ys`` then steps a dim); rows past
-    ``seqlen`` are written as zeros. ``SCALE[b, h, block]`` gets the scale. Grid ``(seqlen_pad / BLOCK,
-    batch*heads)``."""
+    seqlen, heads, dim)``, rotated if ``ROTATE`` (see ``_quantize_tile``), stored as e4m3 in ``Y``
+    ``(batch, seqlen_pad, heads, BLOCK_D)``, or if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)``
+    (``stride_ys`` then steps a dim); rows past ``seqlen`` are written as zeros. ``SCALE[b, h, block]``
+    gets the scale. Grid ``(seqlen_pad / BLOCK, batch*heads)``."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // heads
@@ -279,13 +308,7 @@ def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, 
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
     x = tl.load(X + b * stride_xb + h * stride_xh + rows[:, None] * stride_xs + cols[None, :], mask=mask, other=0.0)
-    if ROTATE:
-        m = tl.load(M + cols[:, None] * BLOCK_D + cols[None, :])
-        x = _dot(x, m, "tf32", UPCAST) * rotation_scale
-    else:
-        x = x.to(tl.float32)
-    scale = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-12) / 448.0
-    y = _to_e4m3(x / scale, UPCAST)
+    y, scale = _quantize_tile(x, M, rotation_scale, BLOCK_D, ROTATE, UPCAST)
     base = Y + b * stride_yb + h * stride_yh
     if TRANSPOSE:
         tl.store(base + cols[:, None] * stride_ys + rows[None, :], tl.trans(y))

@@ -166,7 +166,7 @@ def forward(
 
 
 def _quantize(
-    x: torch.Tensor, block: int, dim_pad: int, rotation: torch.Tensor | None, transpose: bool
+    x: torch.Tensor, block: int, dim_pad: int, rotation: torch.Tensor | None, transpose: bool, num_warps: int = 4
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The FP8 prepass on ``x`` ``(batch, seqlen, heads, dim)`` (``rotation``: ``quant.signed_hadamard``
     in x's dtype, or None): e4m3 values ``(batch, seqlen_pad, heads, dim_pad)`` (or ``(batch, dim_pad,
@@ -181,7 +181,7 @@ def _quantize(
     kernels.quantize_blocks[(blocks, b * h)](
         x, rotation if rotation is not None else scale, y, scale, *_bsh(x), y.stride(0), y.stride(1), y.stride(2),
         s, h, d, 1.0 / math.sqrt(dim_pad), BLOCK=block, BLOCK_D=dim_pad, ROTATE=rotation is not None,
-        TRANSPOSE=transpose, UPCAST=interpreting(), num_warps=4,
+        TRANSPOSE=transpose, UPCAST=interpreting(), num_warps=num_warps,
     )  # fmt: skip
     return y, scale
 
@@ -265,7 +265,8 @@ def forward_fp8(
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
         *operands, lse, qs, ks, vs, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim if prequantized else dp, call.head_dim_v,
-        BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype], P_SHIFT=p_shift,
+        BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype],
+        P_SHIFT=p_shift,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return out, lse

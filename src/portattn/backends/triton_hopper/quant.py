@@ -48,7 +48,13 @@ def _signed_hadamard_cpu(n: int) -> torch.Tensor:
 
 
 def signed_hadamard(n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``diag(signs) @ H`` ``(n, n)``, entries ±1 (exact in any float dtype); ``M`` is this / sqrt(n)."""
+    """``diag(signs) @ H`` ``(n, n)``, entries ±1 (exact in any float dtype); ``M`` is this / sqrt(n).
+    Cached per device: a copy from the host on every call would stall the GPU's queue."""
+    return _signed_hadamard_on(n, torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _signed_hadamard_on(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return _signed_hadamard_cpu(n).to(device=device, dtype=dtype)
 
 
