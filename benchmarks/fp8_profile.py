@@ -3,8 +3,7 @@ and the 16-bit forward, at one shape (CUDA events, median of 20 after 5 warm-up 
 
     python3 benchmarks/fp8_profile.py [--seqlen 16384] [--head-dim 128] [--causal] [--sweep]
 
-``--sweep`` also times the prepass kernel alone over row blocks and warp counts, against the time to
-read the input and write its e4m3 copy at the HBM bandwidth torch's own copy reaches.
+``--sweep`` also times the prepass alone over tile sizes and warp counts, against torch's copy of Q.
 ``--kernels`` splits one fp8 call by torch.profiler into each kernel's device time and the host's time
 to issue the call (launches, descriptors, allocations): when the host is the slower, the GPU waits.
 """
@@ -50,22 +49,20 @@ def main() -> None:
     m = quant.signed_hadamard(d, "cuda", torch.bfloat16)
     flops = 4 * b * h * s * s * d / (2 if args.causal else 1)
     rows = {
-        "prepass q (rotate)": _ms(lambda: launch._quantize(q, 128, d, m, False)),
-        "prepass v (transpose)": _ms(lambda: launch._quantize(v, 128, d, None, True)),
+        "prepass of q, k, v (one launch)": _ms(lambda: launch._quantize_qkv(q, k, v, 64, 128, m)),
         "fp8 call (3 prepasses + forward)": _ms(
             lambda: portattn.attention(q, k, v, precision="fp8", causal=args.causal)
         ),
         "bf16 forward": _ms(lambda: portattn.attention(q, k, v, causal=args.causal)),
     }
     if args.sweep:
-        copy_ms = _ms(lambda: q.clone())  # reads and writes 2 bytes per element: 4 bytes moved
-        rows["torch clone of q (bandwidth floor x 4/3)"] = copy_ms
-        for block in (64, 128):
+        # a clone moves 4 bytes per element; the prepass 3 (2 read, 1 written) for each of q, k, v
+        rows["torch clone of q (prepass floor: this x 2.25)"] = _ms(lambda: q.clone())
+        for block_q, block_kv in ((64, 64), (64, 128), (128, 128)):
             for warps in (2, 4, 8):
-                for name, rot, tr in (("q", m, False), ("v", None, True)):
-                    rows[f"prepass {name} block={block} warps={warps}"] = _ms(
-                        partial(launch._quantize, q, block, d, rot, tr, warps)
-                    )
+                rows[f"prepass blocks={block_q},{block_kv} warps={warps}"] = _ms(
+                    partial(launch._quantize_qkv, q, k, v, block_q, block_kv, m, warps)
+                )
     print(f"b={b} s={s} h={h} d={d} causal={args.causal}")
     for name, ms in rows.items():
         tf = f"{flops / ms / 1e9:.0f} TF/s" if "prepass" not in name else ""

@@ -29,28 +29,30 @@ def _e4m3_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("rotate", [True, False])
-@pytest.mark.parametrize("transpose", [False, True])
-def test_prepass_matches_torch(rotate, transpose):
+def test_prepass_matches_torch(rotate):
+    """One launch quantizes Q, K (rotated if asked) and V (transposed), each in its own tile size, with
+    GQA's fewer K/V heads, lengths that are not multiples of the tiles, and a padded head dim."""
     torch.manual_seed(1)
-    x = torch.randn(2, 37, 3, 40, dtype=torch.bfloat16)
-    x[1, 5, 2, 7] = 60.0  # an outlier
-    block, dim_pad = 16, 64
-    rotation = quant.signed_hadamard(dim_pad, dtype=x.dtype) if rotate else None
-    values, scale = launch._quantize(x, block, dim_pad, rotation, transpose)
-    padded = torch.nn.functional.pad(x.double(), (0, dim_pad - 40))
-    want_values, want_scale = quant.quantize_blocks(quant.rotate(padded) if rotate else padded, block)
-    assert scale.shape == want_scale.shape == (2, 3, 3)
-    torch.testing.assert_close(scale, want_scale, rtol=1e-5, atol=0)
-    if transpose:
-        assert values.shape == (2, dim_pad, 3, 48)
-        values = values.permute(0, 3, 2, 1)
-    else:
-        assert values.shape == (2, 48, 3, dim_pad)
-    assert values[:, 37:].float().abs().max() == 0  # padded rows are zeros, never NaN codes
-    steps = _e4m3_steps(values[:, :37].contiguous(), want_values.contiguous())
-    # the kernel rotates in float32, the reference in float64: a value on a rounding boundary may
-    # land one code away, nothing more
-    assert steps.max() <= 1 and (steps == 0).float().mean() > 0.99
+    q = torch.randn(2, 37, 4, 40, dtype=torch.bfloat16)
+    k = torch.randn(2, 21, 2, 40, dtype=torch.bfloat16)
+    v = torch.randn(2, 21, 2, 24, dtype=torch.bfloat16)
+    q[1, 5, 2, 7] = 60.0  # an outlier
+    block_q, block_kv, dim_pad = 16, 8, 64
+    rotation = quant.signed_hadamard(dim_pad, dtype=q.dtype) if rotate else None
+    q8, qs, k8, ks, v8, vs = launch._quantize_qkv(q, k, v, block_q, block_kv, rotation)
+    assert q8.shape == (2, 48, 4, dim_pad) and k8.shape == (2, 24, 2, dim_pad) and v8.shape == (2, 32, 2, 24)
+    assert qs.shape == (2, 4, 3) and ks.shape == vs.shape == (2, 2, 3)
+    v8 = v8.permute(0, 3, 2, 1)  # back to (batch, seqlen_pad, heads, dim_v_pad)
+    for x, values, scale, block, seqlen, rot in ((q, q8, qs, block_q, 37, rotate), (k, k8, ks, block_kv, 21, rotate),
+                                                 (v, v8, vs, block_kv, 21, False)):  # fmt: skip
+        padded = torch.nn.functional.pad(x.double(), (0, values.shape[-1] - x.shape[-1]))
+        want_values, want_scale = quant.quantize_blocks(quant.rotate(padded) if rot else padded, block)
+        torch.testing.assert_close(scale, want_scale, rtol=1e-5, atol=0)
+        assert values[:, seqlen:].float().abs().max() == 0  # padded rows are zeros, never NaN codes
+        steps = _e4m3_steps(values[:, :seqlen].contiguous(), want_values.contiguous())
+        # the kernel rotates in float32, the reference in float64: a value on a rounding boundary may
+        # land one code away, nothing more
+        assert steps.max() <= 1 and (steps == 0).float().mean() > 0.99
 
 
 CASES = [

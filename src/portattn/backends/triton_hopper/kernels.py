@@ -292,18 +292,13 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
 
 
 @triton.jit
-def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, stride_ys, stride_yh,
-                    seqlen, heads, dim, rotation_scale, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                    ROTATE: tl.constexpr, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
-    """The FP8 prepass, one read of the input: ``BLOCK`` rows of one (batch, head) of ``X`` ``(batch,
-    seqlen, heads, dim)``, rotated if ``ROTATE`` (see ``_quantize_tile``), stored as e4m3 in ``Y``
-    ``(batch, seqlen_pad, heads, BLOCK_D)``, or if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)``
-    (``stride_ys`` then steps a dim); rows past ``seqlen`` are written as zeros. ``SCALE[b, h, block]``
-    gets the scale. Grid ``(seqlen_pad / BLOCK, batch*heads)``."""
-    blk = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
+def _quantize_rows(X, Y, SCALE, M, blk, b, h, heads, stride_xb, stride_xs, stride_xh, stride_yb, stride_ys,
+                   stride_yh, seqlen, dim, rotation_scale, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+                   ROTATE: tl.constexpr, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """Rows ``[blk*BLOCK, (blk+1)*BLOCK)`` of head ``h`` of ``X`` ``(batch, seqlen, heads, dim)``, rotated
+    if ``ROTATE`` (see ``_quantize_tile``), stored as e4m3 in ``Y`` ``(batch, seqlen_pad, heads,
+    BLOCK_D)``, or if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)`` (``stride_ys`` then steps a
+    dim); rows past ``seqlen`` become zeros. The scale goes to ``SCALE[b, h, blk]``."""
     rows = blk * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
@@ -314,7 +309,37 @@ def quantize_blocks(X, M, Y, SCALE, stride_xb, stride_xs, stride_xh, stride_yb, 
         tl.store(base + cols[:, None] * stride_ys + rows[None, :], tl.trans(y))
     else:
         tl.store(base + rows[:, None] * stride_ys + cols[None, :], y)
-    tl.store(SCALE + bh * tl.num_programs(0) + blk, scale)
+    tl.store(SCALE + (b * heads + h) * tl.cdiv(seqlen, BLOCK) + blk, scale)
+
+
+@triton.jit
+def quantize_qkv(Q, K, V, QY, KY, VY, QS, KS, VS, M,
+                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                 stride_qyb, stride_qys, stride_qyh, stride_kyb, stride_kys, stride_kyh,
+                 stride_vyb, stride_vys, stride_vyh, seqlen_q, seqlen_k, heads_q, heads_kv, dim, dim_v,
+                 rotation_scale, BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_D: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, ROTATE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+    """The FP8 prepass of Q, K and V in one launch (one read of each): Q and K rotated if ``ROTATE``, in
+    tiles of ``BLOCK_Q`` and ``BLOCK_KV`` rows (the forward's tiles: one scale each), V in tiles of
+    ``BLOCK_KV`` and transposed. Grid ``(max blocks, batch*heads_q, 3)``; axis 2 picks the operand, and
+    programs past an operand's blocks or heads return (a launch costs the host more than they do)."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    which = tl.program_id(2)
+    if which == 0:
+        if blk < tl.cdiv(seqlen_q, BLOCK_Q):
+            _quantize_rows(Q, QY, QS, M, blk, bh // heads_q, bh % heads_q, heads_q, stride_qb, stride_qs,
+                           stride_qh, stride_qyb, stride_qys, stride_qyh, seqlen_q, dim, rotation_scale, BLOCK_Q,
+                           BLOCK_D, ROTATE, False, UPCAST)  # fmt: skip
+    elif bh < tl.num_programs(1) // heads_q * heads_kv and blk < tl.cdiv(seqlen_k, BLOCK_KV):
+        if which == 1:
+            _quantize_rows(K, KY, KS, M, blk, bh // heads_kv, bh % heads_kv, heads_kv, stride_kb, stride_ks,
+                           stride_kh, stride_kyb, stride_kys, stride_kyh, seqlen_k, dim, rotation_scale, BLOCK_KV,
+                           BLOCK_D, ROTATE, False, UPCAST)  # fmt: skip
+        else:
+            _quantize_rows(V, VY, VS, M, blk, bh // heads_kv, bh % heads_kv, heads_kv, stride_vb, stride_vs,
+                           stride_vh, stride_vyb, stride_vys, stride_vyh, seqlen_k, dim_v, 1.0, BLOCK_KV,
+                           BLOCK_DV, False, True, UPCAST)  # fmt: skip
 
 
 @triton.jit

@@ -100,7 +100,7 @@ def _atomic_dq() -> bool:
 
 
 def _block_d(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, 1 << (dim - 1).bit_length())  # triton.next_power_of_2 costs microseconds per call
 
 
 def _common(call: AttentionCall) -> dict:
@@ -165,29 +165,39 @@ def forward(
     return out, lse
 
 
-def _quantize(
-    x: torch.Tensor, block: int, dim_pad: int, rotation: torch.Tensor | None, transpose: bool, num_warps: int = 4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The FP8 prepass on ``x`` ``(batch, seqlen, heads, dim)`` (``rotation``: ``quant.signed_hadamard``
-    in x's dtype, or None): e4m3 values ``(batch, seqlen_pad, heads, dim_pad)`` (or ``(batch, dim_pad,
-    heads, seqlen_pad)`` if ``transpose``), seqlen padded to a multiple of ``block`` with zeros, and
-    float32 scales ``(batch, heads, seqlen_pad / block)``."""
-    b, s, h, d = x.shape
-    blocks = triton.cdiv(s, block)
-    shape = (b, dim_pad, h, blocks * block) if transpose else (b, blocks * block, h, dim_pad)
-    y = torch.empty(shape, dtype=torch.float8_e4m3fn, device=x.device)
-    scale = torch.empty(b, h, blocks, dtype=torch.float32, device=x.device)
-    x = _lastdim_contiguous(x)
-    kernels.quantize_blocks[(blocks, b * h)](
-        x, rotation if rotation is not None else scale, y, scale, *_bsh(x), y.stride(0), y.stride(1), y.stride(2),
-        s, h, d, 1.0 / math.sqrt(dim_pad), BLOCK=block, BLOCK_D=dim_pad, ROTATE=rotation is not None,
-        TRANSPOSE=transpose, UPCAST=interpreting(), num_warps=num_warps,
+def _quantize_qkv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_kv: int, rotation: torch.Tensor | None,
+    num_warps: int = 4,
+) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """The FP8 prepass, one launch: ``(q8, qs, k8, ks, v8, vs)``. Q and K ``(batch, seqlen, heads, dim)``
+    are rotated by ``rotation`` (``quant.signed_hadamard`` in their dtype; None: not rotated) into e4m3
+    ``(batch, seqlen_pad, heads, dim_pad)``; V becomes ``(batch, dim_v_pad, heads, seqlen_k_pad)``. Each
+    seqlen is padded with zeros to a multiple of its tile (``block_q`` for Q, ``block_kv`` for K and V),
+    and each tile of each head has one float32 scale: ``(batch, heads, seqlen_pad / block)``."""
+    b, sq, hq, d = q.shape
+    sk, hk, dv = k.shape[1], k.shape[2], v.shape[3]
+    dp, dvp = _block_d(d), _block_d(dv)
+    q_blocks, kv_blocks = triton.cdiv(sq, block_q), triton.cdiv(sk, block_kv)
+    e4m3 = torch.float8_e4m3fn
+    q8 = torch.empty(b, q_blocks * block_q, hq, dp, dtype=e4m3, device=q.device)
+    k8 = torch.empty(b, kv_blocks * block_kv, hk, dp, dtype=e4m3, device=q.device)
+    v8 = torch.empty(b, dvp, hk, kv_blocks * block_kv, dtype=e4m3, device=q.device)
+    qs = torch.empty(b, hq, q_blocks, dtype=torch.float32, device=q.device)
+    ks = torch.empty(b, hk, kv_blocks, dtype=torch.float32, device=q.device)
+    vs = torch.empty(b, hk, kv_blocks, dtype=torch.float32, device=q.device)
+    q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
+    kernels.quantize_qkv[(max(q_blocks, kv_blocks), b * hq, 3)](
+        q, k, v, q8, k8, v8, qs, ks, vs, rotation if rotation is not None else qs, *_bsh(q), *_bsh(k), *_bsh(v),
+        q8.stride(0), q8.stride(1), q8.stride(2), k8.stride(0), k8.stride(1), k8.stride(2),
+        v8.stride(0), v8.stride(1), v8.stride(2), sq, sk, hq, hk, d, dv, 1.0 / math.sqrt(dp),
+        BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_D=dp, BLOCK_DV=dvp, ROTATE=rotation is not None,
+        UPCAST=interpreting(), num_warps=num_warps,
     )  # fmt: skip
-    return y, scale
+    return q8, qs, k8, ks, v8, vs
 
 
 def _quantize_per_tensor(x: torch.Tensor, block: int, dim_pad: int, transpose: bool) -> tuple[torch.Tensor, ...]:
-    """The accuracy baseline: one scale for the whole tensor (no rotation), laid out as ``_quantize``'s."""
+    """The accuracy baseline: one scale for the whole tensor (no rotation), laid out as ``_quantize_qkv``'s."""
     values, scale = quant.quantize_tensor(x)
     descale = scale.to(x.device).expand(x.shape[0], x.shape[2])
     return _pad_prequantized(values.to(x.device), descale, block, dim_pad, transpose, 1)
@@ -204,7 +214,7 @@ def _pad_prequantized(
     x: torch.Tensor, descale: torch.Tensor, block: int, dim_pad: int, transpose: bool, group: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Caller-quantized float8 ``x`` ``(batch, seqlen, heads, dim)`` with its FA3 descale ``(batch,
-    heads_kv)`` in ``_quantize``'s layout: zero-padded values and per-block scales."""
+    heads_kv)`` in ``_quantize_qkv``'s layout: zero-padded values and per-block scales."""
     b, s, h, d = x.shape
     blocks = triton.cdiv(s, block)
     padded = torch.zeros(b, blocks * block, h, dim_pad, dtype=x.dtype, device=x.device)
@@ -251,9 +261,7 @@ def forward_fp8(
         v8, vs = _quantize_per_tensor(v, bn, dvp, True)
     else:
         rotation = quant.signed_hadamard(dp, q.device, q.dtype) if rotate else None
-        q8, qs = _quantize(q, bm, dp, rotation, False)
-        k8, ks = _quantize(k, bn, dp, rotation, False)
-        v8, vs = _quantize(v, bn, dvp, None, True)
+        q8, qs, k8, ks, v8, vs = _quantize_qkv(q, k, v, bm, bn, rotation)
     # on a GPU the backend's reasons guarantee sm90 and a TMA-compatible output; the interpreter runs
     # the pointer path unless PORTATTN_TRITON_TMA=host (in-kernel descriptors: no FP8 variant)
     tiles = HOST_TMA if cap is not None else _tiles(cap, True, q8, k8, v8, out)

@@ -1,0 +1,59 @@
+"""Where the host's time goes in one ``portattn.attention`` call on a GPU (cProfile over many calls).
+
+    python3 benchmarks/host_profile.py [--seqlen 1024] [--head-dim 128] [--precision fp8] [--top 25]
+
+A call whose GPU work is shorter than the host's time to issue it leaves the GPU idle: at short
+sequences the host sets the speed. Prints the host time per call without the profiler, then the
+functions with the most own time under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+import portattn
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqlen", type=int, default=1024)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--precision", default=None)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    s, d = args.seqlen, args.head_dim
+    b, h = max(1, 16384 // s), 2048 // d
+    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+
+    def call():
+        return portattn.attention(q, k, v, precision=args.precision, causal=args.causal)
+
+    for _ in range(10):
+        call()
+    torch.cuda.synchronize()
+    calls = 200
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    issue_ms = (time.perf_counter() - start) * 1e3 / calls
+    torch.cuda.synchronize()
+    total_ms = (time.perf_counter() - start) * 1e3 / calls
+    print(f"b={b} s={s} h={h} d={d} precision={args.precision} causal={args.causal}")
+    print(f"host time to issue one call: {issue_ms:.3f} ms; with the GPU's work: {total_ms:.3f} ms per call")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        call()
+    prof.disable()
+    torch.cuda.synchronize()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
