@@ -13,9 +13,17 @@ if TYPE_CHECKING:
 @hookimpl
 def portattn_backends() -> list[Backend]:
     from portattn.backends.ascend import AscendBackend
+    from portattn.backends.cuda_ampere import CudaAmpereBackend
     from portattn.backends.portable import PortableBackend
     from portattn.backends.reference import ReferenceBackend
     from portattn.backends.sdpa import SdpaBackend
     from portattn.backends.triton_hopper import TritonHopperBackend
 
-    return [TritonHopperBackend(), AscendBackend(), PortableBackend(), SdpaBackend(), ReferenceBackend()]
+    return [
+        TritonHopperBackend(),
+        CudaAmpereBackend(),
+        AscendBackend(),
+        PortableBackend(),
+        SdpaBackend(),
+        ReferenceBackend(),
+    ]

@@ -1,0 +1,97 @@
+"""``cuda_ampere`` on a CPU-only machine: the kernel sources compile with ``nvcc`` for sm_80 and sm_90
+(warnings are errors), and the host-side plan (template instance, grid, shared memory, argument list
+against the kernel's own parameter list, stride handling) is right. The GPU runs it in test_gpu.py."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from portattn._call import normalize
+from portattn.backends.cuda_ampere import HEAD_DIMS, plan
+
+NVCC = shutil.which("nvcc")
+
+
+def _call(q, k, v, **kw):
+    return normalize(q, k, v, causal=kw.get("causal", False), window=kw.get("window"), scale=None,
+                     softcap=kw.get("softcap"), sparsity=None, bias=None, precision=None, return_lse=True,
+                     top_left=False)  # fmt: skip
+
+
+def _all_names() -> list[str]:
+    names = []
+    for dtype, dim, flags in itertools.product(plan.CPP_TYPES, HEAD_DIMS, itertools.product([False, True], repeat=3)):
+        names.append(plan.fwd_name(dtype, plan.fwd_config(dim), *flags))
+    return names
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI machines have it)")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_sources_compile_with_nvcc(tmp_path, arch):
+    """Every template instance the plan can ask for, from the exact text NVRTC gets."""
+    names = _all_names()
+    unit = tmp_path / "unit.cu"
+    refs = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in names)  # taking the address instantiates
+    unit.write_text(plan.source() + f"\nconst void* portattn_instances[] = {{\n{refs}\n}};\n")
+    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings", "-c", str(unit), "-o", str(tmp_path / "u.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert len(names) == 32
+
+
+def _kernel_params() -> list[str]:
+    text = (plan.CSRC / "flash_fwd.cuh").read_text()
+    signature = re.search(r"flash_fwd\((.*?)\)\s*\{", text, re.S).group(1)
+    return [" ".join(p.split()[:-1]) for p in signature.split(",")]
+
+
+def test_argument_list_matches_the_kernel_parameters():
+    """CuPy does not check arguments: each must have the C type of its parameter, in order."""
+    q, k, v = torch.randn(2, 33, 4, 40), torch.randn(2, 50, 2, 40), torch.randn(2, 50, 2, 24)
+    call = _call(q, k, v, causal=True, softcap=30.0)
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    out, lse = torch.empty(2, 33, 4, 24, dtype=torch.bfloat16), torch.empty(2, 4, 33)
+    launch = plan.fwd_launch(call, q, k, v, out, lse)
+    params = _kernel_params()
+    assert len(launch.args) == len(params) == 28
+    for arg, param in zip(launch.args, params, strict=True):
+        if param.endswith("*") or param == "long long":
+            assert type(arg) is int, param  # CuPy passes a Python int as a 64-bit integer
+        elif param == "int":
+            assert arg.dtype == "int32", param
+        else:
+            assert param == "float" and arg.dtype == "float32", param
+    assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 64, 64, false, true, true>"
+    assert launch.grid == (1, 8) and launch.threads == 128
+    assert launch.smem_bytes == (64 + 4 * 64) * 64 * 2
+    band_hi = launch.args[24]
+    assert band_hi == 50 - 33  # bottom-right causal: row i sees keys up to i + (seqlen_k - seqlen_q)
+
+
+@pytest.mark.parametrize(("dim", "width"), [(8, 64), (64, 64), (72, 128), (128, 128)])
+def test_head_dims_are_zero_filled_up_to_a_kernel_width(dim, width):
+    assert plan.fwd_config(dim).head_dim == width
+
+
+def test_rows_aligned_copies_only_what_cp_async_cannot_read():
+    x = torch.randn(2, 10, 3, 64, dtype=torch.float16)
+    assert plan.rows_aligned(x) is x
+    assert plan.rows_aligned(x.transpose(1, 2)) is not None  # (b, h, s, d) view: rows still 16-byte aligned
+    odd = torch.randn(2, 10, 3, 65, dtype=torch.float16)[..., :64]  # rows 130 bytes apart
+    fixed = plan.rows_aligned(odd)
+    assert fixed is not odd and fixed.is_contiguous() and torch.equal(fixed, odd)
+    assert plan.rows_aligned(x.transpose(2, 3)).stride(-1) == 1  # last dim not contiguous: copied
+
+
+def test_backend_is_unavailable_without_a_gpu_and_says_why():
+    from portattn.backends.cuda_ampere import CudaAmpereBackend
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert CudaAmpereBackend().available() == "no CUDA device"
