@@ -39,7 +39,8 @@ def test_sources_compile_with_nvcc(tmp_path, arch):
     unit = tmp_path / "unit.cu"
     refs = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in names)  # taking the address instantiates
     unit.write_text(plan.source() + f"\nconst void* portattn_instances[] = {{\n{refs}\n}};\n")
-    cmd = [NVCC, "-std=c++17", f"-arch={arch}", "-Werror", "all-warnings", "-c", str(unit), "-o", str(tmp_path / "u.o")]
+    options = [o.replace("--use_fast_math", "-use_fast_math") for o in plan.NVRTC_OPTIONS]
+    cmd = [NVCC, *options, f"-arch={arch}", "-Werror", "all-warnings", "-c", str(unit), "-o", str(tmp_path / "u.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert len(names) == 32
@@ -67,9 +68,9 @@ def test_argument_list_matches_the_kernel_parameters():
             assert arg.dtype == "int32", param
         else:
             assert param == "float" and arg.dtype == "float32", param
-    assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 64, 64, false, true, true>"
+    assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 128, 64, false, true, true>"  # d<=64: 128x64
     assert launch.grid == (1, 8) and launch.threads == 128
-    assert launch.smem_bytes == (64 + 4 * 64) * 64 * 2
+    assert launch.smem_bytes == (128 + 4 * 64) * 64 * 2
     band_hi = launch.args[24]
     assert band_hi == 50 - 33  # bottom-right causal: row i sees keys up to i + (seqlen_k - seqlen_q)
 
@@ -95,3 +96,9 @@ def test_backend_is_unavailable_without_a_gpu_and_says_why():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     assert CudaAmpereBackend().available() == "no CUDA device"
+
+
+def test_source_includes_only_headers_nvrtc_has():
+    """NVRTC has no C or C++ standard headers (a <stdint.h> broke the first GPU run): only CUDA's own."""
+    includes = re.findall(r"#include\s*[<\"]([^>\"]+)", plan.source())
+    assert set(includes) <= {"cuda_fp16.h", "cuda_bf16.h"}, includes

@@ -20,7 +20,7 @@ COMPILE_SECONDS: dict[str, float] = {}
 def _kernel(name: str, device_index: int) -> cupy.RawKernel:
     start = time.perf_counter()
     with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(code=plan.source(), options=("-std=c++17",), name_expressions=(name,))
+        module = cupy.RawModule(code=plan.source(), options=plan.NVRTC_OPTIONS, name_expressions=(name,))
         kernel = module.get_function(name)  # NVRTC runs here, or CuPy's disk cache answers
     COMPILE_SECONDS[name] = time.perf_counter() - start
     return kernel

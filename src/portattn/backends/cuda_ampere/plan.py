@@ -4,6 +4,7 @@ instance, its tile config, grid, shared memory and argument list, and the source
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,17 +16,19 @@ from portattn._call import AttentionCall
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("common.cuh", "flash_fwd.cuh")  # in include order
 LOG2E = 1.4426950408889634
+# exp2f, tanhf and log2f as the hardware's approximations (ex2.approx etc.), as flash-attn compiles
+NVRTC_OPTIONS = ("-std=c++17", "--use_fast_math")
 CPP_TYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
 
 class FwdConfig(NamedTuple):
     head_dim: int  # the kernel's tile width, 64 or 128: smaller head dims are zero-filled up to it
-    block_m: int  # query rows per thread block, 16 per warp
+    block_m: int  # query rows per thread block of 4 warps: a multiple of 64
     block_n: int  # keys per K/V tile
 
     @property
     def threads(self) -> int:
-        return self.block_m // 16 * 32
+        return 128
 
     @property
     def smem_bytes(self) -> int:
@@ -43,8 +46,19 @@ def source() -> str:
     return "\n".join(parts)
 
 
+CONFIG_ENV = "PORTATTN_CUDA_AMPERE_FWD"  # "block_m,block_n": overrides the table, for tuning
+
+
 def fwd_config(head_dim: int) -> FwdConfig:
-    return FwdConfig(64 if head_dim <= 64 else 128, 64, 64)
+    """128-row blocks (32 rows per warp: each K/V fragment feeds two MMAs); at d=128 32-key tiles keep
+    S small enough for the registers (ptxas, sm_80: 255 registers, 20 bytes spilled; 64-key tiles
+    spill 220 bytes)."""
+    width = 64 if head_dim <= 64 else 128
+    forced = os.environ.get(CONFIG_ENV)
+    if forced:
+        block_m, block_n = (int(x) for x in forced.split(","))
+        return FwdConfig(width, block_m, block_n)
+    return FwdConfig(width, 128, 64 if width == 64 else 32)
 
 
 def fwd_name(dtype: torch.dtype, cfg: FwdConfig, has_lo: bool, has_hi: bool, has_softcap: bool) -> str:

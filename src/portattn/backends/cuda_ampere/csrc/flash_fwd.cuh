@@ -1,8 +1,8 @@
 // FlashAttention-2 forward for sm80+: mma.sync m16n8k16 (fp32 accumulation), ldmatrix, a
 // double-buffered cp.async pipeline for K/V tiles, XOR-swizzled shared memory.
 //
-// One thread block: BLOCK_M query rows of one (batch, query head); each warp owns 16 of them for the
-// whole loop (split-Q: no cross-warp reduction). Visibility is the band lo <= key - row <= hi
+// One thread block: BLOCK_M query rows of one (batch, query head); each of its 4 warps owns a quarter
+// of them for the whole loop (split-Q: no cross-warp reduction). Visibility is the band lo <= key - row <= hi
 // (HAS_LO / HAS_HI off = unbounded): key blocks outside it are never loaded, blocks wholly inside run
 // without mask arithmetic. Softmax in base 2 with the scale folded into one multiply.
 //
@@ -33,8 +33,11 @@ struct FwdParams {
 };
 
 // Launched with plain arguments (what CuPy passes without a struct layout to agree on), in FwdParams' order.
+// Launched with plain arguments (what CuPy passes without a struct layout to agree on), in FwdParams' order.
+// 4 warps; each owns BLOCK_M / 4 query rows as BLOCK_M / 64 MMA tiles of 16 rows, so that every K and V
+// fragment read from shared memory feeds that many MMAs.
 template <typename T, int HEAD_DIM, int BLOCK_M, int BLOCK_N, bool HAS_LO, bool HAS_HI, bool HAS_SOFTCAP>
-__global__ void __launch_bounds__(BLOCK_M / 16 * 32)
+__global__ void __launch_bounds__(128)
 flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
           long long q_stride_b, long long q_stride_s, long long q_stride_h,
           long long k_stride_b, long long k_stride_s, long long k_stride_h,
@@ -46,13 +49,13 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
                     v_stride_b, v_stride_s, v_stride_h, o_stride_b, o_stride_s, o_stride_h,
                     seqlen_q, seqlen_k, heads_q, group, dim, dim_v, band_lo, band_hi,
                     scale_log2, softcap_log2, scale_over_cap};
-  constexpr int WARPS = BLOCK_M / 16;
-  constexpr int THREADS = WARPS * 32;
+  constexpr int THREADS = 128;
+  constexpr int M_TILES = BLOCK_M / 64;   // 16-row MMA tiles per warp
   constexpr int D_STEPS = HEAD_DIM / 16;  // k-steps of Q.K^T
   constexpr int N_TILES = BLOCK_N / 8;    // 8-key column tiles of S
   constexpr int O_TILES = HEAD_DIM / 8;   // 8-dim column tiles of O
   static_assert(HEAD_DIM % 64 == 0, "the swizzle needs rows of at least 8 chunks of 16 bytes");
-  static_assert(BLOCK_N % 16 == 0 && BLOCK_M % 16 == 0, "tiles are made of 16x16 MMA operands");
+  static_assert(BLOCK_N % 16 == 0 && BLOCK_M % 64 == 0, "4 warps of 16-row MMA tiles; 16-key k-steps");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* q_smem = reinterpret_cast<T*>(smem_raw);
@@ -67,38 +70,33 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
   const int b = bh / p.heads_q;
   const int h = bh % p.heads_q;
   const int hk = h / p.group;
+  const int warp_row = warp * 16 * M_TILES;  // this warp's first row in the block
 
   const T* q_head = static_cast<const T*>(p.q) + b * p.q_stride_b + h * p.q_stride_h;
   const T* k_head = static_cast<const T*>(p.k) + b * p.k_stride_b + hk * p.k_stride_h;
   const T* v_head = static_cast<const T*>(p.v) + b * p.v_stride_b + hk * p.v_stride_h;
 
-  // the key range this block can see, and the part of it that needs no mask
+  // the key range this block can see
   int first = 0, last = p.seqlen_k;
   if (HAS_LO) first = max(m0 + p.band_lo, 0) / BLOCK_N * BLOCK_N;
   if (HAS_HI) last = min(m0 + BLOCK_M - 1 + p.band_hi + 1, p.seqlen_k);
 
   load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(q_smem, q_head, p.q_stride_s, m0, p.seqlen_q, p.dim, tid);
-  cp_async_commit();
   if (first < last) {
     load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(k_smem, k_head, p.k_stride_s, first, p.seqlen_k, p.dim, tid);
   }
   cp_async_commit();
-  cp_async_wait<1>();
-  __syncthreads();
 
-  // this warp's 16 query rows as A fragments, kept in registers for the whole loop
-  uint32_t q_frag[D_STEPS][4];
+  float o_acc[M_TILES][O_TILES][4];
+  float row_max[M_TILES][2], row_sum[M_TILES][2];
 #pragma unroll
-  for (int kk = 0; kk < D_STEPS; ++kk) {
-    ldmatrix_x4(q_frag[kk], smem_addr(q_smem, swizzle<HEAD_DIM>(warp * 16 + lane % 16, kk * 16 + lane / 16 * 8)));
+  for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+    for (int j = 0; j < O_TILES; ++j) o_acc[mt][j][0] = o_acc[mt][j][1] = o_acc[mt][j][2] = o_acc[mt][j][3] = 0.f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
   }
-
-  float o_acc[O_TILES][4];
-#pragma unroll
-  for (int j = 0; j < O_TILES; ++j) o_acc[j][0] = o_acc[j][1] = o_acc[j][2] = o_acc[j][3] = 0.f;
-  float row_max[2] = {-INFINITY, -INFINITY};
-  float row_sum[2] = {0.f, 0.f};
-  const int row0 = m0 + warp * 16 + lane / 4;  // this thread's rows: row0 and row0 + 8
+  const int row0 = m0 + warp_row + lane / 4;  // this thread's rows: row0 + 16 mt + {0, 8}
 
   int buf = 0;
   for (int n0 = first; n0 < last; n0 += BLOCK_N, buf ^= 1) {
@@ -106,23 +104,35 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     T* v_buf = v_smem + buf * BLOCK_N * HEAD_DIM;
     load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(v_buf, v_head, p.v_stride_s, n0, p.seqlen_k, p.dim_v, tid);
     cp_async_commit();
-    cp_async_wait<1>();  // K of this block (V may still be in flight)
+    cp_async_wait<1>();  // Q (first time) and K of this block; V may still be in flight
     __syncthreads();
 
-    // S = Q K^T for this warp's 16 rows
-    float s[N_TILES][4];
+    // S = Q K^T for this warp's rows; Q fragments come from shared memory at each k-step (registers
+    // are kept for S and O)
+    float s[M_TILES][N_TILES][4];
 #pragma unroll
-    for (int j = 0; j < N_TILES; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+      for (int j = 0; j < N_TILES; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D_STEPS; ++kk) {
+      u32 qa[M_TILES][4];
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) {
+        const int row = warp_row + mt * 16 + lane % 16;
+        ldmatrix_x4(qa[mt], smem_addr(q_smem, swizzle<HEAD_DIM>(row, kk * 16 + lane / 16 * 8)));
+      }
 #pragma unroll
       for (int j = 0; j < N_TILES; j += 2) {
-        uint32_t kb[4];  // b0, b1 of key tile j, then of key tile j + 1
+        u32 kb[4];  // b0, b1 of key tile j, then of key tile j + 1
         const int key = j * 8 + lane % 8 + (lane / 16) * 8;
         const int col = kk * 16 + ((lane / 8) % 2) * 8;
         ldmatrix_x4(kb, smem_addr(k_buf, swizzle<HEAD_DIM>(key, col)));
-        mma_16816<T>(s[j], q_frag[kk], kb[0], kb[1]);
-        mma_16816<T>(s[j + 1], q_frag[kk], kb[2], kb[3]);
+#pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) {
+          mma_16816<T>(s[mt][j], qa[mt], kb[0], kb[1]);
+          mma_16816<T>(s[mt][j + 1], qa[mt], kb[2], kb[3]);
+        }
       }
     }
     const bool more = n0 + BLOCK_N < last;
@@ -137,50 +147,53 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     if (HAS_LO) masked |= n0 < m0 + BLOCK_M - 1 + p.band_lo;
     if (HAS_HI) masked |= n0 + BLOCK_N - 1 > m0 + p.band_hi;
 #pragma unroll
-    for (int j = 0; j < N_TILES; ++j) {
+    for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[j][e];
-        x = HAS_SOFTCAP ? p.softcap_log2 * tanhf(x * p.scale_over_cap) : x * p.scale_log2;
-        if (masked) {
-          const int row = row0 + (e / 2) * 8;
-          const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
-          bool ok = key < p.seqlen_k;
-          if (HAS_LO) ok = ok && key - row >= p.band_lo;
-          if (HAS_HI) ok = ok && key - row <= p.band_hi;
-          if (!ok) x = -INFINITY;
+      for (int j = 0; j < N_TILES; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][j][e];
+          x = HAS_SOFTCAP ? p.softcap_log2 * tanhf(x * p.scale_over_cap) : x * p.scale_log2;
+          if (masked) {
+            const int row = row0 + mt * 16 + (e / 2) * 8;
+            const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
+            bool ok = key < p.seqlen_k;
+            if (HAS_LO) ok = ok && key - row >= p.band_lo;
+            if (HAS_HI) ok = ok && key - row <= p.band_hi;
+            if (!ok) x = -INFINITY;
+          }
+          s[mt][j][e] = x;
         }
-        s[j][e] = x;
       }
     }
 
     // online softmax: each row's max and sum across the 4 threads of a quad
-    float alpha[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
+    for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-      for (int j = 0; j < N_TILES; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
-      alpha[r] = exp2f(row_max[r] - m_use);
-      row_max[r] = mx;
-      float sum = 0.f;
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_max[mt][r];
 #pragma unroll
-      for (int j = 0; j < N_TILES; ++j) {
-        s[j][2 * r] = exp2f(s[j][2 * r] - m_use);
-        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - m_use);
-        sum += s[j][2 * r] + s[j][2 * r + 1];
+        for (int j = 0; j < N_TILES; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
+        const float alpha = exp2f(row_max[mt][r] - m_use);
+        row_max[mt][r] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < N_TILES; ++j) {
+          s[mt][j][2 * r] = exp2f(s[mt][j][2 * r] - m_use);
+          s[mt][j][2 * r + 1] = exp2f(s[mt][j][2 * r + 1] - m_use);
+          sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
+        }
+        row_sum[mt][r] = row_sum[mt][r] * alpha + sum;  // this thread's share; the quad adds up at the end
+#pragma unroll
+        for (int j = 0; j < O_TILES; ++j) {
+          o_acc[mt][j][2 * r] *= alpha;
+          o_acc[mt][j][2 * r + 1] *= alpha;
+        }
       }
-      row_sum[r] = row_sum[r] * alpha[r] + sum;  // this thread's share; the quad adds up at the end
-    }
-#pragma unroll
-    for (int j = 0; j < O_TILES; ++j) {
-      o_acc[j][0] *= alpha[0];
-      o_acc[j][1] *= alpha[0];
-      o_acc[j][2] *= alpha[1];
-      o_acc[j][3] *= alpha[1];
     }
 
     if (more) cp_async_wait<1>();  // V of this block (the next K may still be in flight)
@@ -190,19 +203,25 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     // O += P V: S's accumulator layout, packed to 16 bits, is the A operand's layout
 #pragma unroll
     for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-      uint32_t pa[4];
-      pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      u32 pa[M_TILES][4];
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) {
+        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int j = 0; j < O_TILES; j += 2) {
-        uint32_t vb[4];  // b0, b1 of dim tile j, then of dim tile j + 1 (transposed on load)
+        u32 vb[4];  // b0, b1 of dim tile j, then of dim tile j + 1 (transposed on load)
         const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
         const int col = j * 8 + (lane / 16) * 8;
         ldmatrix_x4_trans(vb, smem_addr(v_buf, swizzle<HEAD_DIM>(key, col)));
-        mma_16816<T>(o_acc[j], pa, vb[0], vb[1]);
-        mma_16816<T>(o_acc[j + 1], pa, vb[2], vb[3]);
+#pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) {
+          mma_16816<T>(o_acc[mt][j], pa[mt], vb[0], vb[1]);
+          mma_16816<T>(o_acc[mt][j + 1], pa[mt], vb[2], vb[3]);
+        }
       }
     }
   }
@@ -211,25 +230,28 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
   // normalize and store; rows that saw no key give 0 and lse -inf
   T* o_head = static_cast<T*>(p.out) + b * p.o_stride_b + h * p.o_stride_h;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_sum[r];
-    l += __shfl_xor_sync(0xffffffff, l, 1);
-    l += __shfl_xor_sync(0xffffffff, l, 2);
-    const int row = row0 + r * 8;
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    if (row < p.seqlen_q) {
+  for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-      for (int j = 0; j < O_TILES; ++j) {
-        const int col = j * 8 + (lane % 4) * 2;
-        if (col < p.dim_v) {
-          *reinterpret_cast<uint32_t*>(o_head + row * p.o_stride_s + col) =
-              pack2<T>(o_acc[j][2 * r] * inv, o_acc[j][2 * r + 1] * inv);
+    for (int r = 0; r < 2; ++r) {
+      float l = row_sum[mt][r];
+      l += __shfl_xor_sync(0xffffffff, l, 1);
+      l += __shfl_xor_sync(0xffffffff, l, 2);
+      const int row = row0 + mt * 16 + r * 8;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (row < p.seqlen_q) {
+#pragma unroll
+        for (int j = 0; j < O_TILES; ++j) {
+          const int col = j * 8 + (lane % 4) * 2;
+          if (col < p.dim_v) {
+            *reinterpret_cast<u32*>(o_head + row * p.o_stride_s + col) =
+                pack2<T>(o_acc[mt][j][2 * r] * inv, o_acc[mt][j][2 * r + 1] * inv);
+          }
         }
-      }
-      if (lane % 4 == 0) {
-        const float m = row_max[r] == -INFINITY ? 0.f : row_max[r];
-        p.lse[static_cast<long long>(bh) * p.seqlen_q + row] =
-            l > 0.f ? (m + log2f(l)) * 0.6931471805599453f : -INFINITY;
+        if (lane % 4 == 0) {
+          const float m = row_max[mt][r] == -INFINITY ? 0.f : row_max[mt][r];
+          p.lse[static_cast<long long>(bh) * p.seqlen_q + row] =
+              l > 0.f ? (m + log2f(l)) * 0.6931471805599453f : -INFINITY;
+        }
       }
     }
   }
