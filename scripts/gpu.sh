@@ -52,7 +52,7 @@ fi
 if has bench; then
   echo "== benchmarks"
   timeout 420 $PY -m portattn bench --seqlens "$SEQ" --head-dims 64,128 --mode both --no-progress \
-    --backends triton_hopper --baselines "$BASE" --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1 || status=1
+    --backends triton_hopper,cuda_ampere --baselines "$BASE" --json "$OUT/bench.json" >"$OUT/bench.log" 2>&1 || status=1
   $PY benchmarks/ratios.py "$OUT/bench.json" | tee "$OUT/table.md"
 fi
 if has fp8; then
