@@ -4,7 +4,6 @@ against the kernel's own parameter list, stride handling) is right. The GPU runs
 
 from __future__ import annotations
 
-import itertools
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from portattn._call import normalize
-from portattn.backends.cuda_ampere import HEAD_DIMS, plan
+from portattn.backends.cuda_ampere import plan
 
 NVCC = shutil.which("nvcc")
 
@@ -24,18 +23,11 @@ def _call(q, k, v, **kw):
                      top_left=False)  # fmt: skip
 
 
-def _all_names() -> list[str]:
-    names = []
-    for dtype, dim, flags in itertools.product(plan.CPP_TYPES, HEAD_DIMS, itertools.product([False, True], repeat=3)):
-        names.append(plan.fwd_name(dtype, plan.fwd_config(dim), *flags))
-    return names
-
-
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI machines have it)")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_sources_compile_with_nvcc(tmp_path, arch):
     """Every template instance the plan can ask for, from the exact text NVRTC gets."""
-    names = _all_names()
+    names = plan.all_instances()
     unit = tmp_path / "unit.cu"
     refs = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in names)  # taking the address instantiates
     unit.write_text(plan.source() + f"\nconst void* portattn_instances[] = {{\n{refs}\n}};\n")
@@ -43,36 +35,47 @@ def test_sources_compile_with_nvcc(tmp_path, arch):
     cmd = [NVCC, *options, f"-arch={arch}", "-Werror", "all-warnings", "-c", str(unit), "-o", str(tmp_path / "u.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert len(names) == 32
+    assert len(names) == 2 * 2 * 8 * 3  # dtypes, tile widths, flag sets, kernels
 
 
-def _kernel_params() -> list[str]:
-    text = (plan.CSRC / "flash_fwd.cuh").read_text()
-    signature = re.search(r"flash_fwd\((.*?)\)\s*\{", text, re.S).group(1)
+def _kernel_params(kernel: str) -> list[str]:
+    text = (plan.CSRC / f"{'flash_fwd' if kernel == 'flash_fwd' else 'flash_bwd'}.cuh").read_text()
+    signature = re.search(rf"\n{kernel}\((.*?)\)\s*\{{", text, re.S).group(1)
     return [" ".join(p.split()[:-1]) for p in signature.split(",")]
 
 
-def test_argument_list_matches_the_kernel_parameters():
-    """CuPy does not check arguments: each must have the C type of its parameter, in order."""
-    q, k, v = torch.randn(2, 33, 4, 40), torch.randn(2, 50, 2, 40), torch.randn(2, 50, 2, 24)
-    call = _call(q, k, v, causal=True, softcap=30.0)
-    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
-    out, lse = torch.empty(2, 33, 4, 24, dtype=torch.bfloat16), torch.empty(2, 4, 33)
-    launch = plan.fwd_launch(call, q, k, v, out, lse)
-    params = _kernel_params()
-    assert len(launch.args) == len(params) == 28
-    for arg, param in zip(launch.args, params, strict=True):
+def _check_types(args: tuple, params: list[str]) -> None:
+    assert len(args) == len(params)
+    for arg, param in zip(args, params, strict=True):
         if param.endswith("*") or param == "long long":
             assert type(arg) is int, param  # CuPy passes a Python int as a 64-bit integer
         elif param == "int":
             assert arg.dtype == "int32", param
         else:
             assert param == "float" and arg.dtype == "float32", param
+
+
+def test_argument_lists_match_the_kernel_parameters():
+    """CuPy does not check arguments: each must have the C type of its parameter, in order."""
+    q, k, v = torch.randn(2, 33, 4, 40), torch.randn(2, 50, 2, 40), torch.randn(2, 50, 2, 24)
+    call = _call(q, k, v, causal=True, softcap=30.0)
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    out, lse = torch.empty(2, 33, 4, 24, dtype=torch.bfloat16), torch.empty(2, 4, 33)
+    launch = plan.fwd_launch(call, q, k, v, out, lse)
+    _check_types(launch.args, _kernel_params("flash_fwd"))
+    assert len(launch.args) == 28
     assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 128, 64, false, true, true>"  # d<=64: 128x64
     assert launch.grid == (1, 8) and launch.threads == 128
     assert launch.smem_bytes == (128 + 4 * 64) * 64 * 2
     band_hi = launch.args[24]
     assert band_hi == 50 - 33  # bottom-right causal: row i sees keys up to i + (seqlen_k - seqlen_q)
+
+    dkdv, dq = plan.bwd_launches(call, q, k, v, out, lse, lse, q, k, v)
+    _check_types(dkdv.args, _kernel_params("flash_bwd_dkdv"))
+    _check_types(dq.args, _kernel_params("flash_bwd_dq"))
+    assert dkdv.grid == (1, 2 * 2) and dq.grid == (1, 2 * 4)  # 64 keys of each K/V head; 64 queries of each head
+    assert dkdv.args[28] == 2 and dq.args[24] == 4  # the head count each grid runs over
+    assert dkdv.name == "portattn::flash_bwd_dkdv<__nv_bfloat16, 64, 64, 64, false, true, true>"
 
 
 @pytest.mark.parametrize(("dim", "width"), [(8, 64), (64, 64), (72, 128), (128, 128)])

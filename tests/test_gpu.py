@@ -67,7 +67,7 @@ def test_real_sizes(case, dtype):
 
 @pytest.mark.parametrize("case,dtype", REAL_MATRIX, ids=[f"{c.name}-{str(d)[6:]}" for c, d in REAL_MATRIX])
 def test_real_sizes_cuda_ampere(case, dtype):
-    """Forward only so far (no backward kernel yet: gradients are not declared, so not run)."""
+    """Forward and gradients (dK/dV and dQ kernels) against the float64 reference."""
     result = run_case("cuda_ampere", case, device="cuda", dtype=dtype)
     result.raise_for_failure()
     widest = max(case.head_dim, case.head_dim_v or case.head_dim)

@@ -25,13 +25,15 @@ class CudaAmpereBackend(Backend):
 
     name = "cuda_ampere"
     priority = 250  # below triton_hopper (300) until this kernel is measured against it
-    description = "CUDA FlashAttention-2 forward compiled through CuPy/NVRTC: mma.sync, ldmatrix, cp.async"
+    description = "CUDA FlashAttention-2 compiled through CuPy/NVRTC: mma.sync, ldmatrix, cp.async; fwd and bwd"
     capabilities = Capabilities(
         devices=frozenset({"cuda"}),
         compute_capability=((8, 0), None),
         dtypes=frozenset({torch.float16, torch.bfloat16}),
         max_head_dim=max(HEAD_DIMS),
-        features=frozenset({_call.CAUSAL, _call.WINDOW, _call.SOFTCAP, _call.GQA, _call.LSE, _call.HEAD_DIM_V}),
+        features=frozenset(
+            {_call.CAUSAL, _call.WINDOW, _call.SOFTCAP, _call.GQA, _call.LSE, _call.HEAD_DIM_V, _call.BACKWARD}
+        ),
     )
 
     def available(self) -> str | None:
@@ -56,3 +58,8 @@ class CudaAmpereBackend(Backend):
         from portattn.backends.cuda_ampere import launch
 
         return launch.forward(call, q, k, v)
+
+    def backward(self, call, q, k, v, out, lse, dout, dlse=None):
+        from portattn.backends.cuda_ampere import launch
+
+        return launch.backward(call, q, k, v, out, lse, dout)

@@ -36,10 +36,35 @@ def forward(
     lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    launch = plan.fwd_launch(call, q, k, v, out, lse)
-    kernel = _kernel(launch.name, q.device.index)
-    if kernel.max_dynamic_shared_size_bytes < launch.smem_bytes:  # above 48 KB needs the opt-in
-        kernel.max_dynamic_shared_size_bytes = launch.smem_bytes
-    with cupy.cuda.Device(q.device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(q.device)):
-        kernel(launch.grid, (launch.threads,), launch.args, shared_mem=launch.smem_bytes)
+    _run(plan.fwd_launch(call, q, k, v, out, lse), device=q.device)
     return out, lse
+
+
+def _run(*launches: plan.Launch, device: torch.device) -> None:
+    with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
+        for launch in launches:
+            kernel = _kernel(launch.name, device.index)
+            if kernel.max_dynamic_shared_size_bytes < launch.smem_bytes:  # above 48 KB needs the opt-in
+                kernel.max_dynamic_shared_size_bytes = launch.smem_bytes
+            kernel(launch.grid, (launch.threads,), launch.args, shared_mem=launch.smem_bytes)
+
+
+def backward(
+    call: AttentionCall,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """FlashAttention-2 backward: delta = rowsum(dout * out) in torch, then the dK/dV kernel (over key
+    blocks, summing each K/V head's query heads: no atomics, deterministic) and the dQ kernel."""
+    q, k, v, dout = (plan.rows_aligned(t) for t in (q, k, v, dout))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
+    dkdv, dq_launch = plan.bwd_launches(call, q, k, v, dout, lse.contiguous(), delta, dq, dk, dv)
+    _run(dkdv, dq_launch, device=q.device)
+    return dq, dk, dv

@@ -3,6 +3,7 @@ instance, its tile config, grid, shared memory and argument list, and the source
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from portattn._call import AttentionCall
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("common.cuh", "flash_fwd.cuh")  # in include order
+SOURCES = ("common.cuh", "flash_fwd.cuh", "flash_bwd.cuh")  # in include order
 LOG2E = 1.4426950408889634
 # exp2f, tanhf and log2f as the hardware's approximations (ex2.approx etc.), as flash-attn compiles
 NVRTC_OPTIONS = ("-std=c++17", "--use_fast_math")
@@ -61,10 +62,44 @@ def fwd_config(head_dim: int) -> FwdConfig:
     return FwdConfig(width, 128, 64 if width == 64 else 32)
 
 
+def kernel_name(kernel: str, dtype: torch.dtype, head_dim: int, block_m: int, block_n: int, flags: tuple) -> str:
+    """A template instance as C++ (CuPy's ``name_expressions``); ``flags``: has_lo, has_hi, has_softcap."""
+    bools = ", ".join("true" if f else "false" for f in flags)
+    return f"portattn::{kernel}<{CPP_TYPES[dtype]}, {head_dim}, {block_m}, {block_n}, {bools}>"
+
+
 def fwd_name(dtype: torch.dtype, cfg: FwdConfig, has_lo: bool, has_hi: bool, has_softcap: bool) -> str:
-    """The template instance as C++ (CuPy's ``name_expressions``)."""
-    flags = ", ".join("true" if f else "false" for f in (has_lo, has_hi, has_softcap))
-    return f"portattn::flash_fwd<{CPP_TYPES[dtype]}, {cfg.head_dim}, {cfg.block_m}, {cfg.block_n}, {flags}>"
+    return kernel_name("flash_fwd", dtype, cfg.head_dim, cfg.block_m, cfg.block_n, (has_lo, has_hi, has_softcap))
+
+
+class BwdConfig(NamedTuple):
+    head_dim: int  # tile width, as the forward's
+    dkdv_block_m: int  # queries per step of the dK/dV kernel (its blocks hold 64 keys)
+    dq_block_n: int  # keys per step of the dQ kernel (its blocks hold 64 queries)
+
+
+def dkdv_name(dtype: torch.dtype, cfg: BwdConfig, flags: tuple) -> str:
+    return kernel_name("flash_bwd_dkdv", dtype, cfg.head_dim, cfg.dkdv_block_m, 64, flags)
+
+
+def dq_name(dtype: torch.dtype, cfg: BwdConfig, flags: tuple) -> str:
+    return kernel_name("flash_bwd_dq", dtype, cfg.head_dim, 64, cfg.dq_block_n, flags)
+
+
+def all_instances() -> list[str]:
+    """Every template instance a launch can ask for (the compile test builds them all)."""
+    names = []
+    for dtype, width, flags in itertools.product(CPP_TYPES, (64, 128), itertools.product((False, True), repeat=3)):
+        bwd = bwd_config(width)
+        names += [fwd_name(dtype, fwd_config(width), *flags), dkdv_name(dtype, bwd, flags), dq_name(dtype, bwd, flags)]
+    return names
+
+
+def bwd_config(head_dim: int) -> BwdConfig:
+    """At d=128 the dK/dV kernel holds dK and dV (128 registers): 32-query steps keep it within 255
+    registers without spilling (ptxas, sm_80: 64-query steps spill 180 bytes)."""
+    width = 64 if head_dim <= 64 else 128
+    return BwdConfig(width, 32 if width == 128 else 64, 64)
 
 
 def rows_aligned(t: torch.Tensor) -> torch.Tensor:
@@ -76,7 +111,7 @@ def rows_aligned(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-class FwdLaunch(NamedTuple):
+class Launch(NamedTuple):
     name: str
     grid: tuple[int, int]
     threads: int
@@ -88,20 +123,57 @@ def _bsh(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
-def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> FwdLaunch:
-    """Everything the forward launch needs; tensors are ``rows_aligned`` already. Pointers and strides
-    go as Python ints (``long long``), the rest as 32-bit NumPy scalars, in the kernel's order."""
-    cfg = fwd_config(max(call.head_dim, call.head_dim_v))
+def _scalars(call: AttentionCall) -> tuple:
+    """seqlen_q, seqlen_k, group, dim, dim_v, band_lo, band_hi and the softmax's three floats, as every
+    kernel takes them, except that the caller puts the kernel's head count between seqlen_k and group."""
     lo, hi = call.band
     softcap = call.softcap or 1.0
-    args = (
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
-        *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
-        np.int32(call.seqlen_q), np.int32(call.seqlen_k), np.int32(call.heads_q), np.int32(call.group_size),
+    return (
+        np.int32(call.seqlen_q), np.int32(call.seqlen_k), np.int32(call.group_size),
         np.int32(call.head_dim), np.int32(call.head_dim_v),
         np.int32(lo if lo is not None else 0), np.int32(hi if hi is not None else 0),
         np.float32(call.scale * LOG2E), np.float32(softcap * LOG2E), np.float32(call.scale / softcap),
     )  # fmt: skip
-    name = fwd_name(q.dtype, cfg, lo is not None, hi is not None, call.softcap is not None)
+
+
+def _flags(call: AttentionCall) -> tuple[bool, bool, bool]:
+    lo, hi = call.band
+    return lo is not None, hi is not None, call.softcap is not None
+
+
+def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> Launch:
+    """Everything the forward launch needs; tensors are ``rows_aligned`` already. Pointers and strides
+    go as Python ints (``long long``), the rest as 32-bit NumPy scalars, in the kernel's order."""
+    cfg = fwd_config(max(call.head_dim, call.head_dim_v))
+    sq, sk, group, *rest = _scalars(call)
+    args = (
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out), sq, sk, np.int32(call.heads_q), group, *rest,
+    )  # fmt: skip
+    name = fwd_name(q.dtype, cfg, *_flags(call))
     grid = (math.ceil(call.seqlen_q / cfg.block_m), call.batch * call.heads_q)
-    return FwdLaunch(name, grid, cfg.threads, cfg.smem_bytes, args)
+    return Launch(name, grid, cfg.threads, cfg.smem_bytes, args)
+
+
+def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, Launch]:
+    """The dK/dV launch (blocks of 64 keys) and the dQ launch (blocks of 64 queries); ``delta`` float32
+    ``(batch, heads_q, seqlen_q)`` is rowsum(dout * out)."""
+    cfg = bwd_config(max(call.head_dim, call.head_dim_v))
+    sq, sk, group, *rest = _scalars(call)
+    scale = np.float32(call.scale)
+    pointers = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr(), delta.data_ptr())
+    strides = (*_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout))
+    dkdv = Launch(
+        dkdv_name(q.dtype, cfg, _flags(call)),
+        (math.ceil(call.seqlen_k / 64), call.batch * call.heads_kv), 128,
+        (2 * 64 + 4 * cfg.dkdv_block_m) * cfg.head_dim * 2,  # K, V, then two Q and two dO buffers
+        (*pointers, dk.data_ptr(), dv.data_ptr(), *strides, *_bsh(dk), *_bsh(dv), sq, sk, np.int32(call.heads_kv),
+         group, *rest, scale),
+    )  # fmt: skip
+    dq_launch = Launch(
+        dq_name(q.dtype, cfg, _flags(call)),
+        (math.ceil(call.seqlen_q / 64), call.batch * call.heads_q), 128,
+        (2 * 64 + 4 * cfg.dq_block_n) * cfg.head_dim * 2,  # Q, dO, then two K and two V buffers
+        (*pointers, dq.data_ptr(), *strides, *_bsh(dq), sq, sk, np.int32(call.heads_q), group, *rest, scale),
+    )  # fmt: skip
+    return dkdv, dq_launch

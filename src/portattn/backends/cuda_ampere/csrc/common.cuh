@@ -45,16 +45,19 @@ __device__ __forceinline__ void cp_async_wait() {
 template <typename T, int ROWS, int HEAD_DIM, int THREADS>
 __device__ __forceinline__ void load_tile_async(T* tile, const T* head, long long stride, int row0, int seqlen,
                                                 int dim, int tid) {
-  constexpr int CHUNKS = HEAD_DIM / 8;
-  static_assert((ROWS * CHUNKS) % THREADS == 0, "every thread copies the same number of chunks");
+  constexpr int CHUNKS = HEAD_DIM / 8;            // 16-byte chunks per row
+  constexpr int ROWS_PER_PASS = THREADS / CHUNKS;  // a multiple of 8: every pass keeps the swizzle key
+  static_assert(ROWS % ROWS_PER_PASS == 0 && ROWS_PER_PASS % 8 == 0, "whole passes of whole swizzle groups");
+  const int row = tid / CHUNKS;
+  const int col = (tid % CHUNKS) * 8;
+  const T* src = head + (row0 + row) * stride + col;
+  const u32 dst = smem_addr(tile, swizzle<HEAD_DIM>(row, col));
 #pragma unroll
-  for (int i = 0; i < ROWS * CHUNKS / THREADS; ++i) {
-    const int c = tid + i * THREADS;
-    const int row = c / CHUNKS;
-    const int col = (c % CHUNKS) * 8;
-    const bool valid = row0 + row < seqlen && col < dim;
-    const T* src = valid ? head + (row0 + row) * stride + col : head;
-    cp_async_16(smem_addr(tile, swizzle<HEAD_DIM>(row, col)), src, valid);
+  for (int i = 0; i < ROWS / ROWS_PER_PASS; ++i) {
+    const bool valid = row0 + row + i * ROWS_PER_PASS < seqlen && col < dim;
+    // each pass moves ROWS_PER_PASS rows down: the same swizzle key, so a constant offset in shared memory
+    cp_async_16(dst + i * ROWS_PER_PASS * HEAD_DIM * sizeof(T), valid ? src + i * ROWS_PER_PASS * stride : head,
+                valid);
   }
 }
 
@@ -93,10 +96,81 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const u3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// two floats as one register of two 16-bit values (the lower address holds `lo`)
+// Whether query `query` sees key `key` under the band lo <= key - query <= hi (HAS_LO / HAS_HI off =
+// unbounded), both inside their sequences.
+template <bool HAS_LO, bool HAS_HI>
+__device__ __forceinline__ bool visible(int query, int key, int seqlen_q, int seqlen_k, int lo, int hi) {
+  bool ok = query < seqlen_q && key < seqlen_k;
+  if (HAS_LO) ok = ok && key - query >= lo;
+  if (HAS_HI) ok = ok && key - query <= hi;
+  return ok;
+}
+
+// acc (M_TILES x 16 rows, N_TILES x 8 columns) += A B^T over HEAD_DIM: A's rows start at a_row0 of a
+// swizzled tile, B's N_TILES * 8 rows are a whole tile (both row-major, HEAD_DIM wide). Each B fragment
+// feeds M_TILES MMAs.
+template <typename T, int HEAD_DIM, int M_TILES, int N_TILES>
+__device__ __forceinline__ void mma_a_bt(float (&acc)[M_TILES][N_TILES][4], const T* a, int a_row0, const T* b,
+                                         int lane) {
+  static_assert(N_TILES % 2 == 0, "B fragments come in pairs of 8-row tiles");
+#pragma unroll 2  // fully unrolled, ptxas hoists more addresses than the registers hold at HEAD_DIM 128
+  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+    u32 af[M_TILES][4];
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+      ldmatrix_x4(af[mt], smem_addr(a, swizzle<HEAD_DIM>(a_row0 + mt * 16 + lane % 16, kk * 16 + lane / 16 * 8)));
+    }
+#pragma unroll
+    for (int j = 0; j < N_TILES; j += 2) {
+      u32 bf[4];  // b0, b1 of row tile j, then of row tile j + 1
+      const int row = j * 8 + lane % 8 + (lane / 16) * 8;
+      const int col = kk * 16 + ((lane / 8) % 2) * 8;
+      ldmatrix_x4(bf, smem_addr(b, swizzle<HEAD_DIM>(row, col)));
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) {
+        mma_16816<T>(acc[mt][j], af[mt], bf[0], bf[1]);
+        mma_16816<T>(acc[mt][j + 1], af[mt], bf[2], bf[3]);
+      }
+    }
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ u32 pack2(float lo, float hi);
 
+// acc (M_TILES x 16 rows, HEAD_DIM wide) += P X: P is an fp32 accumulator (M_TILES x 16 rows, K_TILES x 8
+// columns) in registers, rounded to T; X's K_TILES * 8 rows are a whole swizzled tile. The accumulator
+// layout of m16n8k16, packed in pairs, is its A operand's layout; X comes transposed by ldmatrix.
+template <typename T, int HEAD_DIM, int M_TILES, int K_TILES>
+__device__ __forceinline__ void mma_p_x(float (&acc)[M_TILES][HEAD_DIM / 8][4], const float (&p)[M_TILES][K_TILES][4],
+                                        const T* x, int lane) {
+  static_assert(K_TILES % 2 == 0, "16-row k-steps");
+#pragma unroll
+  for (int kk = 0; kk < K_TILES / 2; ++kk) {
+    u32 pa[M_TILES][4];
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+      pa[mt][0] = pack2<T>(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+      pa[mt][1] = pack2<T>(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+      pa[mt][2] = pack2<T>(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+      pa[mt][3] = pack2<T>(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+    }
+#pragma unroll
+    for (int j = 0; j < HEAD_DIM / 8; j += 2) {
+      u32 xf[4];  // b0, b1 of column tile j, then of column tile j + 1
+      const int row = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
+      const int col = j * 8 + (lane / 16) * 8;
+      ldmatrix_x4_trans(xf, smem_addr(x, swizzle<HEAD_DIM>(row, col)));
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) {
+        mma_16816<T>(acc[mt][j], pa[mt], xf[0], xf[1]);
+        mma_16816<T>(acc[mt][j + 1], pa[mt], xf[2], xf[3]);
+      }
+    }
+  }
+}
+
+// two floats as one register of two 16-bit values (the lower address holds `lo`)
 template <>
 __device__ __forceinline__ u32 pack2<__half>(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);

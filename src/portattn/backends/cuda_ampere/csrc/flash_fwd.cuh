@@ -51,7 +51,6 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
                     scale_log2, softcap_log2, scale_over_cap};
   constexpr int THREADS = 128;
   constexpr int M_TILES = BLOCK_M / 64;   // 16-row MMA tiles per warp
-  constexpr int D_STEPS = HEAD_DIM / 16;  // k-steps of Q.K^T
   constexpr int N_TILES = BLOCK_N / 8;    // 8-key column tiles of S
   constexpr int O_TILES = HEAD_DIM / 8;   // 8-dim column tiles of O
   static_assert(HEAD_DIM % 64 == 0, "the swizzle needs rows of at least 8 chunks of 16 bytes");
@@ -114,27 +113,7 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
       for (int j = 0; j < N_TILES; ++j) s[mt][j][0] = s[mt][j][1] = s[mt][j][2] = s[mt][j][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < D_STEPS; ++kk) {
-      u32 qa[M_TILES][4];
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt) {
-        const int row = warp_row + mt * 16 + lane % 16;
-        ldmatrix_x4(qa[mt], smem_addr(q_smem, swizzle<HEAD_DIM>(row, kk * 16 + lane / 16 * 8)));
-      }
-#pragma unroll
-      for (int j = 0; j < N_TILES; j += 2) {
-        u32 kb[4];  // b0, b1 of key tile j, then of key tile j + 1
-        const int key = j * 8 + lane % 8 + (lane / 16) * 8;
-        const int col = kk * 16 + ((lane / 8) % 2) * 8;
-        ldmatrix_x4(kb, smem_addr(k_buf, swizzle<HEAD_DIM>(key, col)));
-#pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt) {
-          mma_16816<T>(s[mt][j], qa[mt], kb[0], kb[1]);
-          mma_16816<T>(s[mt][j + 1], qa[mt], kb[2], kb[3]);
-        }
-      }
-    }
+    mma_a_bt<T, HEAD_DIM, M_TILES, N_TILES>(s, q_smem, warp_row, k_buf, lane);
     const bool more = n0 + BLOCK_N < last;
     if (more) {  // the next K tile streams in while this one's softmax and P.V run
       load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(k_smem + (buf ^ 1) * BLOCK_N * HEAD_DIM, k_head,
@@ -143,7 +122,7 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     cp_async_commit();
 
     // scores in base 2, masked where the block is not wholly visible
-    bool masked = n0 + BLOCK_N > p.seqlen_k;
+    bool masked = n0 + BLOCK_N > p.seqlen_k || m0 + BLOCK_M > p.seqlen_q;
     if (HAS_LO) masked |= n0 < m0 + BLOCK_M - 1 + p.band_lo;
     if (HAS_HI) masked |= n0 + BLOCK_N - 1 > m0 + p.band_hi;
 #pragma unroll
@@ -157,10 +136,7 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
           if (masked) {
             const int row = row0 + mt * 16 + (e / 2) * 8;
             const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
-            bool ok = key < p.seqlen_k;
-            if (HAS_LO) ok = ok && key - row >= p.band_lo;
-            if (HAS_HI) ok = ok && key - row <= p.band_hi;
-            if (!ok) x = -INFINITY;
+            if (!visible<HAS_LO, HAS_HI>(row, key, p.seqlen_q, p.seqlen_k, p.band_lo, p.band_hi)) x = -INFINITY;
           }
           s[mt][j][e] = x;
         }
@@ -200,30 +176,8 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     else cp_async_wait<0>();
     __syncthreads();
 
-    // O += P V: S's accumulator layout, packed to 16 bits, is the A operand's layout
-#pragma unroll
-    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-      u32 pa[M_TILES][4];
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt) {
-        pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
-#pragma unroll
-      for (int j = 0; j < O_TILES; j += 2) {
-        u32 vb[4];  // b0, b1 of dim tile j, then of dim tile j + 1 (transposed on load)
-        const int key = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
-        const int col = j * 8 + (lane / 16) * 8;
-        ldmatrix_x4_trans(vb, smem_addr(v_buf, swizzle<HEAD_DIM>(key, col)));
-#pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt) {
-          mma_16816<T>(o_acc[mt][j], pa[mt], vb[0], vb[1]);
-          mma_16816<T>(o_acc[mt][j + 1], pa[mt], vb[2], vb[3]);
-        }
-      }
-    }
+    // O += P V
+    mma_p_x<T, HEAD_DIM, M_TILES, N_TILES>(o_acc, s, v_buf, lane);
   }
   cp_async_wait<0>();
 

@@ -1,0 +1,293 @@
+// FlashAttention-2 backward for sm80+, by recomputation from lse (and delta = rowsum(dO * O)):
+// flash_bwd_dkdv over key blocks (each sums over its K/V head's query heads and every query block
+// that sees it: no atomics, deterministic) and flash_bwd_dq over query blocks. Both reuse the
+// forward's MMA loops (mma_a_bt, mma_p_x); 4 warps, each owning 16 rows of the block's own axis.
+//
+// Tensors as in the forward; dout like out; lse and delta float32 (batch, heads_q, seqlen_q), lse
+// natural-log with -inf for rows that see no key. dq, dk, dv like q, k, v.
+#pragma once
+
+#include "common.cuh"
+
+namespace portattn {
+
+// P and dS of one 16 x (N_TILES * 8) block in registers: s holds raw q.k, dp holds dO.v; rows are
+// `rows`, columns `cols` (queries or keys as the caller lays them out); lse2 and delta are per query.
+// On return s holds P and dp holds dS = P * (dP - delta) (times the softcap's derivative).
+template <int N_TILES, bool HAS_SOFTCAP>
+__device__ __forceinline__ void softmax_grad(float (&s)[1][N_TILES][4], float (&dp)[1][N_TILES][4],
+                                             const bool (&ok)[N_TILES][4], const float (&lse2)[N_TILES][4],
+                                             const float (&delta)[N_TILES][4], float scale_log2, float softcap_log2,
+                                             float scale_over_cap) {
+#pragma unroll
+  for (int j = 0; j < N_TILES; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x, dcap = 1.f;
+      if (HAS_SOFTCAP) {
+        const float t = tanhf(s[0][j][e] * scale_over_cap);
+        x = softcap_log2 * t;
+        dcap = 1.f - t * t;
+      } else {
+        x = s[0][j][e] * scale_log2;
+      }
+      const float pr = ok[j][e] ? exp2f(x - lse2[j][e]) : 0.f;
+      s[0][j][e] = pr;
+      dp[0][j][e] = pr * (dp[0][j][e] - delta[j][e]) * dcap;
+    }
+  }
+}
+
+__device__ __forceinline__ float lse_log2(float lse) {
+  return lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;  // -inf: the row sees nothing, P = 0
+}
+
+// One block: BLOCK_N keys of one (batch, K/V head); warps split the keys. For every query head of the
+// group and every visible query block: S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T, dS^T, dK += dS^T Q.
+template <typename T, int HEAD_DIM, int BLOCK_M, int BLOCK_N, bool HAS_LO, bool HAS_HI, bool HAS_SOFTCAP>
+__global__ void __launch_bounds__(128)
+flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
+               void* dk, void* dv,
+               long long q_stride_b, long long q_stride_s, long long q_stride_h,
+               long long k_stride_b, long long k_stride_s, long long k_stride_h,
+               long long v_stride_b, long long v_stride_s, long long v_stride_h,
+               long long do_stride_b, long long do_stride_s, long long do_stride_h,
+               long long dk_stride_b, long long dk_stride_s, long long dk_stride_h,
+               long long dv_stride_b, long long dv_stride_s, long long dv_stride_h,
+               int seqlen_q, int seqlen_k, int heads_kv, int group, int dim, int dim_v, int band_lo, int band_hi,
+               float scale_log2, float softcap_log2, float scale_over_cap, float scale) {
+  constexpr int THREADS = 128;
+  constexpr int M_TILES = BLOCK_M / 8;   // 8-query column tiles of S^T
+  constexpr int D_TILES = HEAD_DIM / 8;  // 8-dim column tiles of dK, dV
+  static_assert(BLOCK_N == 64, "4 warps of 16 keys");
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* k_smem = reinterpret_cast<T*>(smem_raw);
+  T* v_smem = k_smem + BLOCK_N * HEAD_DIM;
+  T* q_smem = v_smem + BLOCK_N * HEAD_DIM;      // 2 buffers
+  T* do_smem = q_smem + 2 * BLOCK_M * HEAD_DIM;  // 2 buffers
+
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int n0 = blockIdx.x * BLOCK_N;
+  const int b = blockIdx.y / heads_kv;
+  const int hk = blockIdx.y % heads_kv;
+  const int heads_q = heads_kv * group;
+  const int key0 = n0 + warp * 16 + lane / 4;  // this thread's keys: key0 and key0 + 8
+
+  // the query rows that can see these keys: key - hi <= query <= key - lo
+  int first = 0, last = seqlen_q;
+  if (HAS_HI) first = max(n0 - band_hi, 0) / BLOCK_M * BLOCK_M;
+  if (HAS_LO) last = min(n0 + BLOCK_N - 1 - band_lo + 1, seqlen_q);
+  const int tiles = last > first ? (last - first + BLOCK_M - 1) / BLOCK_M : 0;
+
+  load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(
+      k_smem, static_cast<const T*>(k) + b * k_stride_b + hk * k_stride_h, k_stride_s, n0, seqlen_k, dim, tid);
+  load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(
+      v_smem, static_cast<const T*>(v) + b * v_stride_b + hk * v_stride_h, v_stride_s, n0, seqlen_k, dim_v, tid);
+
+  float dk_acc[1][D_TILES][4], dv_acc[1][D_TILES][4];
+#pragma unroll
+  for (int j = 0; j < D_TILES; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dk_acc[0][j][e] = dv_acc[0][j][e] = 0.f;
+  }
+
+  // work item i: query head h0 + i / tiles, query block first + (i % tiles) * BLOCK_M; one pipeline
+  // over all of them so that the next tile always streams in behind the current one
+  const int items = tiles * group;
+  auto issue = [&](int item, int buf) {
+    const int h = hk * group + item / tiles;
+    const int m0 = first + (item % tiles) * BLOCK_M;
+    load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
+        q_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(q) + b * q_stride_b + h * q_stride_h, q_stride_s,
+        m0, seqlen_q, dim, tid);
+    load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
+        do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h * do_stride_h,
+        do_stride_s, m0, seqlen_q, dim_v, tid);
+  };
+  if (items > 0) issue(0, 0);
+  cp_async_commit();  // K, V and the first Q, dO
+
+  for (int item = 0; item < items; ++item) {
+    const int buf = item % 2;
+    if (item + 1 < items) issue(item + 1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* q_buf = q_smem + buf * BLOCK_M * HEAD_DIM;
+    const T* do_buf = do_smem + buf * BLOCK_M * HEAD_DIM;
+    const int h = hk * group + item / tiles;
+    const int m0 = first + (item % tiles) * BLOCK_M;
+
+    // per-column (query) values of this thread's S^T elements
+    bool ok[M_TILES][4];
+    float lse2[M_TILES][4], dlt[M_TILES][4];
+    const long long row_base = (static_cast<long long>(b) * heads_q + h) * seqlen_q;
+#pragma unroll
+    for (int j = 0; j < M_TILES; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int query = m0 + j * 8 + (lane % 4) * 2 + e % 2;
+        const int key = key0 + (e / 2) * 8;
+        ok[j][e] = visible<HAS_LO, HAS_HI>(query, key, seqlen_q, seqlen_k, band_lo, band_hi);
+        const bool in = query < seqlen_q;
+        lse2[j][e] = in ? lse_log2(lse[row_base + query]) : INFINITY;
+        dlt[j][e] = in ? delta[row_base + query] : 0.f;
+      }
+    }
+
+    float st[1][M_TILES][4], dpt[1][M_TILES][4];
+#pragma unroll
+    for (int j = 0; j < M_TILES; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[0][j][e] = dpt[0][j][e] = 0.f;
+    }
+    mma_a_bt<T, HEAD_DIM, 1, M_TILES>(st, k_smem, warp * 16, q_buf, lane);    // S^T = K Q^T
+    mma_a_bt<T, HEAD_DIM, 1, M_TILES>(dpt, v_smem, warp * 16, do_buf, lane);  // dP^T = V dO^T
+    softmax_grad<M_TILES, HAS_SOFTCAP>(st, dpt, ok, lse2, dlt, scale_log2, softcap_log2, scale_over_cap);
+    mma_p_x<T, HEAD_DIM, 1, M_TILES>(dv_acc, st, do_buf, lane);  // dV += P^T dO
+    mma_p_x<T, HEAD_DIM, 1, M_TILES>(dk_acc, dpt, q_buf, lane);  // dK += dS^T Q
+    __syncthreads();  // the next item's loads overwrite this buffer
+  }
+  cp_async_wait<0>();
+
+  T* dk_head = static_cast<T*>(dk) + b * dk_stride_b + hk * dk_stride_h;
+  T* dv_head = static_cast<T*>(dv) + b * dv_stride_b + hk * dv_stride_h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + r * 8;
+    if (key >= seqlen_k) continue;
+#pragma unroll
+    for (int j = 0; j < D_TILES; ++j) {
+      const int col = j * 8 + (lane % 4) * 2;
+      if (col < dim) {
+        *reinterpret_cast<u32*>(dk_head + key * dk_stride_s + col) =
+            pack2<T>(dk_acc[0][j][2 * r] * scale, dk_acc[0][j][2 * r + 1] * scale);
+      }
+      if (col < dim_v) {
+        *reinterpret_cast<u32*>(dv_head + key * dv_stride_s + col) =
+            pack2<T>(dv_acc[0][j][2 * r], dv_acc[0][j][2 * r + 1]);
+      }
+    }
+  }
+}
+
+// One block: BLOCK_M query rows of one (batch, query head); warps split the rows. For every visible
+// key block: S = Q K^T, P, dP = dO V^T, dS, dQ += dS K.
+template <typename T, int HEAD_DIM, int BLOCK_M, int BLOCK_N, bool HAS_LO, bool HAS_HI, bool HAS_SOFTCAP>
+__global__ void __launch_bounds__(128)
+flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
+             void* dq,
+             long long q_stride_b, long long q_stride_s, long long q_stride_h,
+             long long k_stride_b, long long k_stride_s, long long k_stride_h,
+             long long v_stride_b, long long v_stride_s, long long v_stride_h,
+             long long do_stride_b, long long do_stride_s, long long do_stride_h,
+             long long dq_stride_b, long long dq_stride_s, long long dq_stride_h,
+             int seqlen_q, int seqlen_k, int heads_q, int group, int dim, int dim_v, int band_lo, int band_hi,
+             float scale_log2, float softcap_log2, float scale_over_cap, float scale) {
+  constexpr int THREADS = 128;
+  constexpr int N_TILES = BLOCK_N / 8;
+  constexpr int D_TILES = HEAD_DIM / 8;
+  static_assert(BLOCK_M == 64, "4 warps of 16 queries");
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* q_smem = reinterpret_cast<T*>(smem_raw);
+  T* do_smem = q_smem + BLOCK_M * HEAD_DIM;
+  T* k_smem = do_smem + BLOCK_M * HEAD_DIM;     // 2 buffers
+  T* v_smem = k_smem + 2 * BLOCK_N * HEAD_DIM;  // 2 buffers
+
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const int m0 = blockIdx.x * BLOCK_M;
+  const int bh = blockIdx.y;
+  const int b = bh / heads_q;
+  const int h = bh % heads_q;
+  const int hk = h / group;
+  const int row0 = m0 + warp * 16 + lane / 4;  // this thread's queries: row0 and row0 + 8
+
+  int first = 0, last = seqlen_k;
+  if (HAS_LO) first = max(m0 + band_lo, 0) / BLOCK_N * BLOCK_N;
+  if (HAS_HI) last = min(m0 + BLOCK_M - 1 + band_hi + 1, seqlen_k);
+
+  const T* k_head = static_cast<const T*>(k) + b * k_stride_b + hk * k_stride_h;
+  const T* v_head = static_cast<const T*>(v) + b * v_stride_b + hk * v_stride_h;
+  load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(q_smem, static_cast<const T*>(q) + b * q_stride_b + h * q_stride_h,
+                                                 q_stride_s, m0, seqlen_q, dim, tid);
+  load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
+      do_smem, static_cast<const T*>(dout) + b * do_stride_b + h * do_stride_h, do_stride_s, m0, seqlen_q, dim_v, tid);
+  auto issue = [&](int n, int buf) {
+    load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(k_smem + buf * BLOCK_N * HEAD_DIM, k_head, k_stride_s, n,
+                                                   seqlen_k, dim, tid);
+    load_tile_async<T, BLOCK_N, HEAD_DIM, THREADS>(v_smem + buf * BLOCK_N * HEAD_DIM, v_head, v_stride_s, n,
+                                                   seqlen_k, dim_v, tid);
+  };
+  if (first < last) issue(first, 0);
+  cp_async_commit();
+
+  float lse2[2], dlt[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + r * 8;
+    const bool in = row < seqlen_q;
+    lse2[r] = in ? lse_log2(lse[static_cast<long long>(bh) * seqlen_q + row]) : INFINITY;
+    dlt[r] = in ? delta[static_cast<long long>(bh) * seqlen_q + row] : 0.f;
+  }
+  float dq_acc[1][D_TILES][4];
+#pragma unroll
+  for (int j = 0; j < D_TILES; ++j) dq_acc[0][j][0] = dq_acc[0][j][1] = dq_acc[0][j][2] = dq_acc[0][j][3] = 0.f;
+
+  int buf = 0;
+  for (int n0 = first; n0 < last; n0 += BLOCK_N, buf ^= 1) {
+    if (n0 + BLOCK_N < last) issue(n0 + BLOCK_N, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* k_buf = k_smem + buf * BLOCK_N * HEAD_DIM;
+    const T* v_buf = v_smem + buf * BLOCK_N * HEAD_DIM;
+
+    bool ok[N_TILES][4];
+    float lse_e[N_TILES][4], dlt_e[N_TILES][4];
+#pragma unroll
+    for (int j = 0; j < N_TILES; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
+        ok[j][e] = visible<HAS_LO, HAS_HI>(row0 + (e / 2) * 8, key, seqlen_q, seqlen_k, band_lo, band_hi);
+        lse_e[j][e] = lse2[e / 2];
+        dlt_e[j][e] = dlt[e / 2];
+      }
+    }
+    float s[1][N_TILES][4], dp[1][N_TILES][4];
+#pragma unroll
+    for (int j = 0; j < N_TILES; ++j) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[0][j][e] = dp[0][j][e] = 0.f;
+    }
+    mma_a_bt<T, HEAD_DIM, 1, N_TILES>(s, q_smem, warp * 16, k_buf, lane);    // S = Q K^T
+    mma_a_bt<T, HEAD_DIM, 1, N_TILES>(dp, do_smem, warp * 16, v_buf, lane);  // dP = dO V^T
+    softmax_grad<N_TILES, HAS_SOFTCAP>(s, dp, ok, lse_e, dlt_e, scale_log2, softcap_log2, scale_over_cap);
+    mma_p_x<T, HEAD_DIM, 1, N_TILES>(dq_acc, dp, k_buf, lane);  // dQ += dS K
+    __syncthreads();  // the next block's loads overwrite this buffer
+  }
+  cp_async_wait<0>();
+
+  T* dq_head = static_cast<T*>(dq) + b * dq_stride_b + h * dq_stride_h;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + r * 8;
+    if (row >= seqlen_q) continue;
+#pragma unroll
+    for (int j = 0; j < D_TILES; ++j) {
+      const int col = j * 8 + (lane % 4) * 2;
+      if (col < dim) {
+        *reinterpret_cast<u32*>(dq_head + row * dq_stride_s + col) =
+            pack2<T>(dq_acc[0][j][2 * r] * scale, dq_acc[0][j][2 * r + 1] * scale);
+      }
+    }
+  }
+}
+
+}  // namespace portattn
