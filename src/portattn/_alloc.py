@@ -1,5 +1,6 @@
 """Output allocation that can poison: with poisoning on, new outputs are NaN until a kernel writes them,
-so a kernel that skips an element cannot pass a test by reading stale or zeroed memory."""
+so a kernel that skips an element cannot pass a test by reading stale or zeroed memory. Also the
+layout test the GPU kernels share: rows they can move in 16-byte pieces."""
 
 from __future__ import annotations
 
@@ -15,3 +16,10 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     if poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def rows_16b_aligned(t: torch.Tensor) -> bool:
+    """The last dim contiguous, and the base and every other stride 16-byte aligned: what TMA
+    descriptors and ``cp.async`` 16-byte copies can read in place."""
+    size = t.element_size()
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 
 import cupy
 import torch
@@ -12,17 +11,12 @@ from portattn import _alloc
 from portattn._call import AttentionCall
 from portattn.backends.cuda_ampere import plan
 
-# seconds each template instance took to compile (or to load from CuPy's disk cache) in this process
-COMPILE_SECONDS: dict[str, float] = {}
-
 
 @functools.cache
 def _kernel(name: str, device_index: int) -> cupy.RawKernel:
-    start = time.perf_counter()
     with cupy.cuda.Device(device_index):
         module = cupy.RawModule(code=plan.source(), options=plan.NVRTC_OPTIONS, name_expressions=(name,))
         kernel = module.get_function(name)  # NVRTC runs here, or CuPy's disk cache answers
-    COMPILE_SECONDS[name] = time.perf_counter() - start
     return kernel
 
 

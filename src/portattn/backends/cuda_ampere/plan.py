@@ -3,6 +3,7 @@ instance, its tile config, grid, shared memory and argument list, and the source
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -12,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from portattn import _alloc
 from portattn._call import AttentionCall
 
 CSRC = Path(__file__).with_name("csrc")
@@ -37,6 +39,7 @@ class FwdConfig(NamedTuple):
         return (self.block_m + 4 * self.block_n) * self.head_dim * 2
 
 
+@functools.cache  # read once per process, not once per template instance
 def source() -> str:
     """The kernels as one translation unit with the headers inlined: CuPy's disk cache keys on this
     text, so an edit to any header compiles afresh."""
@@ -105,10 +108,7 @@ def bwd_config(head_dim: int) -> BwdConfig:
 def rows_aligned(t: torch.Tensor) -> torch.Tensor:
     """cp.async moves 16-byte chunks: the last dim contiguous, the base and every row 16-byte aligned.
     Other layouts are copied once (the kernel could not read them)."""
-    size = t.element_size()
-    if t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all((s * size) % 16 == 0 for s in t.stride()[:-1]):
-        return t
-    return t.contiguous()
+    return t if _alloc.rows_16b_aligned(t) else t.contiguous()
 
 
 class Launch(NamedTuple):

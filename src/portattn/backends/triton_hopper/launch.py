@@ -54,13 +54,7 @@ def _tma_ok(capability: tuple[int, int] | None, *tensors: torch.Tensor) -> bool:
 
 
 def _tma_aligned(*tensors: torch.Tensor) -> bool:
-    for t in tensors:
-        size = t.element_size()
-        if t.numel() == 0 or t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        if any((s * size) % 16 for s in t.stride()[:-1]):
-            return False
-    return True
+    return all(t.numel() > 0 and _alloc.rows_16b_aligned(t) for t in tensors)
 
 
 def _tiles(capability: tuple[int, int] | None, prefer_tma: bool, *tensors: torch.Tensor) -> int:
