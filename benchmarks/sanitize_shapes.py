@@ -1,4 +1,5 @@
-"""Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, every tile path, FP8.
+"""Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, every tile path of the
+Triton forward (the Gluon one off), the Gluon forward (persistent and not), FP8.
 
 Exits non-zero if any output differs from the reference (the sanitizer reports bad accesses itself).
 """
@@ -19,8 +20,14 @@ CASES = [
     Case(batch=1, seqlen_q=64, seqlen_k=200, heads_q=2, heads_kv=1, head_dim=128, softcap=20.0, layout="bhsd"),
     Case(batch=1, seqlen_q=33, seqlen_k=33, heads_q=2, heads_kv=2, head_dim=256, causal=True),
 ]
+GLUON_CASES = [  # head dims 64/128 without window or softcap: the Gluon forward's share
+    Case(batch=1, seqlen_q=77, seqlen_k=131, heads_q=4, heads_kv=2, head_dim=64, causal=True),
+    Case(batch=2, seqlen_q=300, seqlen_k=129, heads_q=2, heads_kv=2, head_dim=128),  # persistent
+    Case(batch=1, seqlen_q=260, seqlen_k=70, heads_q=2, heads_kv=1, head_dim=128, causal=True, layout="bhsd"),
+]
 
 failed = 0
+os.environ["PORTATTN_TRITON_GLUON"] = "0"
 for path in ("host", "1", "0"):
     os.environ["PORTATTN_TRITON_TMA"] = path
     for case in CASES:
@@ -28,6 +35,11 @@ for path in ("host", "1", "0"):
         print(f"tma={path} {result.id}: {result.status} {result.message[:200]}")
         failed += result.status != "pass"
 os.environ.pop("PORTATTN_TRITON_TMA")
+os.environ.pop("PORTATTN_TRITON_GLUON")
+for case in GLUON_CASES:
+    result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
+    print(f"gluon {result.id}: {result.status} {result.message[:200]}")
+    failed += result.status != "pass"
 for case in CASES:  # precision="fp8": the prepass and the e4m3 forward (tolerance: FP8's error)
     q, k, v = make_inputs(case, "cuda", torch.bfloat16, seed=1)
     kw = {"causal": case.causal, "window": case.window, "softcap": case.softcap}

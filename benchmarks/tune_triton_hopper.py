@@ -3,6 +3,8 @@
     python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
 
 ``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
+Kernel ``fwd`` is the Triton forward (set ``PORTATTN_TRITON_GLUON=0`` at head dims 64 and 128, where
+the Gluon forward takes the call); ``fwdws`` is the Gluon forward.
 
 Each config is checked against torch SDPA before it is timed (a fast wrong config must not win).
 """
@@ -18,7 +20,7 @@ import triton.testing
 
 import portattn
 from portattn.backends.triton_hopper import configs
-from portattn.backends.triton_hopper.configs import Config
+from portattn.backends.triton_hopper.configs import Config, WsConfig
 
 FWD = [Config(*c) for c in [(128, 64, 4, 2), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3), (128, 64, 8, 3),
                             (64, 64, 4, 3), (128, 32, 4, 3), (128, 128, 4, 2), (64, 128, 4, 3), (64, 64, 4, 4),
@@ -32,6 +34,10 @@ DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64
                            (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4),
                            (64, 128, 4, 3)]]  # fmt: skip
 
+FWDWS = [WsConfig(64, 128, 3, 240, pp, pers) for pp in (False, True) for pers in (False, True)] + [
+    WsConfig(64, 64, 4, 240, pp, pers) for pp in (False, True) for pers in (False, True)
+]  # fmt: skip
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -39,7 +45,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--head-dims", default="64,128")
-    ap.add_argument("--kernels", default="fwd,dkdv,dq", help="of fwd, fwd8 (precision='fp8'), dkdv, dq")
+    ap.add_argument("--kernels", default="fwd,dkdv,dq", help="of fwd, fwdws, fwd8 (precision='fp8'), dkdv, dq")
     ap.add_argument("--causal", default="0,1", help="0 and/or 1")
     ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
@@ -55,15 +61,17 @@ def main() -> None:
             dout = torch.randn_like(ref)
             ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
-            for kernel, space in (("fwd", FWD), ("fwd8", FWD8), ("dkdv", DKDV), ("dq", DQ)):
+            for kernel, space in (("fwd", FWD), ("fwdws", FWDWS), ("fwd8", FWD8), ("dkdv", DKDV), ("dq", DQ)):
                 if kernel not in args.kernels.split(","):
                     continue
                 results = []
                 for cfg in space:
                     configs.OVERRIDE.clear()
-                    configs.OVERRIDE[kernel] = cfg
+                    configs.WS_OVERRIDE[:] = [cfg] if kernel == "fwdws" else []
+                    if kernel != "fwdws":
+                        configs.OVERRIDE[kernel] = cfg
                     try:
-                        if kernel in ("fwd", "fwd8"):
+                        if kernel in ("fwd", "fwdws", "fwd8"):
                             precision = "fp8" if kernel == "fwd8" else None
                             fn = partial(portattn.attention, q.detach(), k.detach(), v.detach(), causal=causal,
                                          precision=precision)  # fmt: skip
@@ -94,6 +102,7 @@ def main() -> None:
                 for tf, cfg, note in results[1:4]:
                     print(f"    {cfg} {tf:.0f} TF/s ({note})")
     configs.OVERRIDE.clear()
+    configs.WS_OVERRIDE.clear()
 
 
 if __name__ == "__main__":

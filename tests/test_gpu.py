@@ -80,6 +80,51 @@ def test_sm90_dispatch_prefers_triton_hopper():
     assert portattn.explain(q, q, q, causal=True, quiet=True).chosen == "triton_hopper"
 
 
+# the Gluon forward (sm90 fast path): odd lengths, seqlen_q != seqlen_k both ways (rows that see no
+# key), GQA, a (batch, heads, seqlen, dim) layout, blocks that outrun a consumer's causal range
+GLUON_CASES = [
+    Case(batch=2, seqlen_q=1024, seqlen_k=1024, heads_q=8, heads_kv=8, head_dim=128),
+    Case(batch=2, seqlen_q=1024, seqlen_k=1024, heads_q=8, heads_kv=8, head_dim=128, causal=True),
+    Case(batch=1, seqlen_q=1000, seqlen_k=3001, heads_q=8, heads_kv=2, head_dim=128, causal=True),
+    Case(batch=1, seqlen_q=3001, seqlen_k=1000, heads_q=8, heads_kv=8, head_dim=64, causal=True),
+    Case(batch=2, seqlen_q=777, seqlen_k=1234, heads_q=4, heads_kv=4, head_dim=64, layout="bhsd", causal=True),
+    Case(batch=3, seqlen_q=129, seqlen_k=65, heads_q=6, heads_kv=3, head_dim=64),
+    Case(batch=1, seqlen_q=1, seqlen_k=5, heads_q=2, heads_kv=1, head_dim=128, causal=True),
+    Case(batch=1, seqlen_q=300, seqlen_k=17, heads_q=4, heads_kv=4, head_dim=128, causal=True),
+]
+GLUON_MATRIX = [(c, torch.bfloat16) for c in GLUON_CASES] + [(c, torch.float16) for c in GLUON_CASES[::3]]
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("case,dtype", GLUON_MATRIX, ids=[f"{c.name}-{str(d)[6:]}" for c, d in GLUON_MATRIX])
+def test_gluon_forward_on_gpu(case, dtype, monkeypatch):
+    """Forward (Gluon) and gradients (Triton, from the Gluon forward's lse) against the reference; the
+    Gluon kernel must have run."""
+    from portattn.backends.triton_hopper import launch
+
+    calls = []
+    real = launch._forward_gluon
+    monkeypatch.setattr(launch, "_forward_gluon", lambda *a: calls.append(1) or real(*a))
+    result = run_case("triton_hopper", case, device="cuda", dtype=dtype)
+    result.raise_for_failure()
+    assert result.status == "pass", result.message
+    assert calls, "the Gluon forward did not run"
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("pingpong,persistent", [(True, False), (True, True), (False, True)])
+@pytest.mark.parametrize("case", GLUON_CASES[1:5], ids=[c.name for c in GLUON_CASES[1:5]])
+def test_gluon_forward_variants_on_gpu(case, pingpong, persistent, monkeypatch):
+    """The Gluon forward's schedule options (tuning may pick any of them) on the causal and uneven cases."""
+    from portattn.backends.triton_hopper import configs
+
+    cfg = configs.SM90_WS[(case.head_dim, case.causal)]._replace(pingpong=pingpong, persistent=persistent)
+    monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
+    result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
+    result.raise_for_failure()
+    assert result.status == "pass", result.message
+
+
 def test_deterministic_backward():
     case = dataclasses.replace(REAL[2], seqlen_q=1024, seqlen_k=1024)
     from portattn.testing import make_inputs

@@ -75,6 +75,31 @@ SM80: dict[tuple[str, int], Config] = {  # no "fwd8": FP8 runs on sm90 only
 }
 
 
+class WsConfig(NamedTuple):
+    """The Gluon forward's launch (``gluon_fwd.py``)."""
+
+    block_m: int  # query rows per consumer warpgroup; a program covers twice this
+    block_n: int  # keys per block
+    stages: int  # depth of the K/V ring in shared memory
+    consumer_regs: int  # registers per thread of the second consumer after setmaxnreg
+    pingpong: bool = False  # the consumers take turns at issuing GEMMs
+    persistent: bool = False  # one program per SM walks the tiles (else one program per tile)
+
+
+# sm90, 16-bit, head dim 64 or 128, no window or softcap; key (head dim, causal-type band). Tuned on an
+# H100 (benchmarks/tune_triton_hopper.py --kernels fwdws at seqlen 1024/4096/16384, 16k tokens per
+# batch, hidden 2048; benchmarks/results/h100_tune_fwdws_2026-11-24.jsonl). TF/s at 1k / 4k / 16k:
+# non-causal runs persistent (short sequences gain: d=64 1k 356 -> 398); causal does not (the static
+# tile walk unbalances the triangle: d=128 16k 648 -> 443). Ping-pong gained nothing consistent.
+SM90_WS: dict[tuple[int, bool], WsConfig] = {
+    (64, False): WsConfig(64, 128, 3, 240, persistent=True),  # 398 / 462 / 465
+    (64, True): WsConfig(64, 128, 3, 240),  # 240 / 378 / 446
+    (128, False): WsConfig(64, 128, 3, 240, persistent=True),  # 536 / 604 / 641
+    (128, True): WsConfig(64, 128, 3, 240),  # 268 / 555 / 648
+}
+WS_OVERRIDE: list[WsConfig] = []  # the tuning script sets it; nothing else should
+
+
 # kernel -> config that replaces the table (the tuning script sets it; nothing else should)
 OVERRIDE: dict[str, Config] = {}
 

@@ -5,6 +5,7 @@ Imported only when the backend first runs (it imports triton).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 DQ_ENV = "PORTATTN_TRITON_DQ"  # "atomic": dQ by atomics inside the dK/dV kernel (not deterministic)
 TMA_ENV = "PORTATTN_TRITON_TMA"  # "0" pointer path, "1" in-kernel descriptors, "host" host descriptors (default)
+GLUON_ENV = "PORTATTN_TRITON_GLUON"  # "0": the sm90 forward runs the Triton kernel, not the Gluon one
 
 
 def interpreting() -> bool:
@@ -129,6 +131,72 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
+_gluon_import_error: list[str] = []  # why the Gluon kernel could not be imported, once known
+
+
+def gluon_forward_reason(call: AttentionCall, cap: tuple[int, int] | None, *tensors: torch.Tensor) -> str | None:
+    """Why this forward does not run the Gluon kernel (``gluon_fwd.py``), or None when it does."""
+    if os.environ.get(GLUON_ENV, "") == "0":
+        return f"{GLUON_ENV}=0"
+    if cap is None or cap[0] != 9:
+        return "the Gluon forward needs sm90 (wgmma)"
+    if call.dtype not in (torch.float16, torch.bfloat16) or call.precision is not None:
+        return "the Gluon forward serves fp16 and bf16"
+    if call.head_dim != call.head_dim_v or call.head_dim not in (64, 128):
+        return "the Gluon forward serves head_dim == head_dim_v in (64, 128)"
+    if call.softcap is not None or call.band[0] is not None:
+        return "the Gluon forward serves full and causal-type bands without softcap"
+    if call.seqlen_k == 0 or not _tma_aligned(*tensors):
+        return "the Gluon forward needs TMA-describable inputs"
+    if _gluon_import_error:
+        return _gluon_import_error[0]
+    try:
+        from portattn.backends.triton_hopper import gluon_fwd  # noqa: F401
+    except Exception as exc:  # an old Triton without Gluon, or one whose Gluon API moved
+        _gluon_import_error.append(f"the Gluon forward failed to import: {exc!r}")
+        return _gluon_import_error[0]
+    return None
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.cache
+def _nvmma_layout(rows: int, dim: int, dtype: torch.dtype):
+    """The shared-memory layout of a ``(1, rows, 1, dim)`` TMA block (made once: a call's host time counts)."""
+    from triton.experimental.gluon import language as gl
+
+    element = gl.float16 if dtype == torch.float16 else gl.bfloat16
+    return gl.NVMMASharedLayout.get_default_for([1, rows, 1, dim], element)
+
+
+def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.Tensor) -> None:
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from portattn.backends.triton_hopper import gluon_fwd
+
+    hi = call.band[1]
+    cfg = configs.WS_OVERRIDE[0] if configs.WS_OVERRIDE else configs.SM90_WS[(call.head_dim, hi is not None)]
+    d = call.head_dim
+
+    def desc(t: torch.Tensor, rows: int) -> TensorDescriptor:
+        block = [1, rows, 1, d]
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _nvmma_layout(rows, d, t.dtype))
+
+    n_m_tiles = triton.cdiv(call.seqlen_q, 2 * cfg.block_m)
+    n_tiles = n_m_tiles * call.batch * call.heads_q
+    programs = min(n_tiles, _sm_count(q.device)) if cfg.persistent else n_tiles
+    gluon_fwd.attn_fwd_ws[(programs,)](
+        desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n), desc(out, cfg.block_m), lse,
+        call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
+        n_m_tiles, n_tiles, GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
+        STAGES=cfg.stages, HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs,
+        num_warps=4,
+    )  # fmt: skip
+
+
 def forward(
     call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,6 +209,9 @@ def forward(
     lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
+    if gluon_forward_reason(call, cap, q, k, v, out) is None:
+        _forward_gluon(call, q, k, v, out, lse)
+        return out, lse
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
                        fp32=call.dtype == torch.float32, loop_len=call.seqlen_k)  # fmt: skip
     needs_tma = _needs_tma(call, cap)

@@ -1,0 +1,291 @@
+"""The sm90 forward in Gluon: warp-specialized, FlashAttention-3 style.
+
+Plain Triton cannot say who waits for what; Gluon can. A tile is ``2 * BLOCK_M`` query rows of one
+(batch, query head). A program runs tiles ``pid, pid + nprog, ...`` (one each when the grid covers
+them all; persistent when it has one program per SM) with three partitions:
+
+- a loader warp issues the TMA loads of Q (both halves) and of K and V into a ring of ``STAGES``
+  buffers, each guarded by a "ready" mbarrier per operand and an "empty" mbarrier that both
+  consumers arrive on when they are done with the buffer; a persistent program's loader runs ahead
+  into the next tile while the consumers finish this one;
+- two consumer warpgroups, ``BLOCK_M`` query rows each, run the asynchronous ``wgmma`` GEMMs and the
+  online softmax. Inside a consumer, the GEMMs overlap the softmax: ``S = Q K_j^T`` and
+  ``O += P_{j-1} V_{j-1}`` are issued together, the softmax of block ``j`` runs as soon as ``S``
+  lands, while ``P V`` is still in flight. With ``PINGPONG`` the two take turns at issuing GEMMs, so
+  that one's softmax runs while the other's GEMMs hold the tensor cores (FlashAttention-3's
+  inter-warpgroup schedule); without it they drift apart on their own.
+
+mbarrier phases are tracked by running counts (ring slots used, Q tiles loaded, paired GEMM issues), so
+they carry from one tile to the next.
+
+Serves the common case only: fp16/bf16, ``head_dim == head_dim_v`` in {64, 128}, no softcap, the
+band unbounded below (full or causal-type attention), TMA-describable strides. ``launch.py`` sends
+everything else to the Triton kernel. Gluon has no interpreter: CI compiles this kernel for sm90
+(``tests/test_triton_gluon_compile.py``), the GPU script runs it.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+# Triton 3.9 renamed the TMA copies; 3.6 (the H100 machines) has only the old names.
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
+
+LOG2E = gl.constexpr(1.4426950408889634)
+LN2 = gl.constexpr(0.6931471805599453)
+
+
+@gluon.jit
+def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HAS_HI: gl.constexpr):
+    """Tile ``t`` -> (first query row, batch*heads_q + head, batch, head, K/V head). Query tiles of one
+    head are adjacent (they share K/V in L2); under a causal-type band the last ones, which see the
+    most keys, come first."""
+    pid_m = t % n_m_tiles
+    if HAS_HI:
+        pid_m = n_m_tiles - 1 - pid_m
+    bh = t // n_m_tiles
+    h = bh % heads_q
+    return pid_m * (2 * BLOCK_M), bh, bh // heads_q, h, h // GROUP
+
+
+@gluon.jit
+def _key_blocks(row0, seqlen_k, band_hi, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HAS_HI: gl.constexpr):
+    """Key blocks that query rows ``[row0, row0 + BLOCK_M)`` see, and how many of them lead unmasked."""
+    last = seqlen_k
+    full_end = seqlen_k
+    if HAS_HI:
+        last = gl.minimum(row0 + BLOCK_M + band_hi, seqlen_k)
+        full_end = gl.minimum(row0 + band_hi + 1, seqlen_k)
+    return gl.cdiv(gl.maximum(last, 0), BLOCK_N), gl.maximum(full_end, 0) // BLOCK_N
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_k,
+            heads_q, band_hi, n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr):  # fmt: skip
+    """One warp: per tile, Q's two halves (once a consumer has stored its last output from that
+    buffer), then K and V block by block into the ring."""
+    slot = 0  # ring slots filled so far
+    n_done = 0  # tiles loaded so far
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, BLOCK_M, HAS_HI)
+        for c in gl.static_range(2):
+            # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
+            mbarrier.wait(q_free.index(c), (n_done & 1) ^ 1)
+            mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
+            _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(c), q_smem.index(c))
+        n_blocks, _ = _key_blocks(m0 + BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+        for i in range(n_blocks):
+            s = slot % STAGES
+            mbarrier.wait(empty_bar.index(s), ((slot // STAGES) & 1) ^ 1)
+            mbarrier.expect(k_bar.index(s), k_desc.block_type.nbytes)
+            _tma_load(k_desc, [b, i * BLOCK_N, hk, 0], k_bar.index(s), k_smem.index(s))
+            mbarrier.expect(v_bar.index(s), v_desc.block_type.nbytes)
+            _tma_load(v_desc, [b, i * BLOCK_N, hk, 0], v_bar.index(s), v_smem.index(s))
+            slot += 1
+        n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
+
+
+@gluon.jit
+def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, qk_scale, masked,
+                  HAS_HI: gl.constexpr):  # fmt: skip
+    """One key block of the online softmax in base 2. ``s_raw`` ``(BLOCK_M, BLOCK_N)`` float32 raw
+    ``q . k``; the running max ``m_i`` is kept unscaled (the scale is positive), so each score costs
+    one fused multiply-add. Returns ``p`` (unnormalized), the new ``m_i``, ``l_i`` and ``alpha``, the
+    factor that takes the accumulator from the old max to the new one."""
+    if masked:
+        cols = col0 + gl.arange(0, s_raw.shape[1], layout=gl.SliceLayout(0, s_raw.type.layout))
+        keep = gl.expand_dims(cols, 0) < seqlen_k
+        if HAS_HI:
+            keep = keep & ((gl.expand_dims(cols, 0) - gl.expand_dims(rows, 1)) <= band_hi)
+        s_raw = gl.where(keep, s_raw, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s_raw, axis=1))
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new) * qk_scale  # rows that have seen nothing yet
+    p = gl.exp2(s_raw * qk_scale - gl.expand_dims(m_use, 1))
+    alpha = gl.exp2(m_i * qk_scale - m_use)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _take_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.constexpr):
+    """Ping-pong, before this consumer's ``k``-th GEMM issue of a tile. The first ``n_issues_0``
+    issues of the two consumers pair up (consumer 0's rows see no more keys than consumer 1's) and
+    alternate, consumer 0 first: each waits for the other's previous paired issue, across tiles too.
+    ``turns`` counts this consumer's paired issues so far (it sets the barrier's phase); at most one
+    arrival is ever pending on a barrier, so the phase parity never aliases."""
+    if PINGPONG:
+        if c == 0:
+            if turns > 0:
+                mbarrier.wait(turn_bar.index(0), (turns - 1) & 1)
+        else:
+            if k < n_issues_0:
+                mbarrier.wait(turn_bar.index(1), turns & 1)
+
+
+@gluon.jit
+def _pass_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.constexpr):
+    """After the ``k``-th issue: hand the turn to the other consumer; returns ``turns`` updated."""
+    if PINGPONG:  # noqa: SIM102 (the kernel language has no short-circuit `and` on tensors)
+        if k < n_issues_0:
+            mbarrier.arrive(turn_bar.index(1 - c), count=1)
+            turns += 1
+    return turns
+
+
+@gluon.jit
+def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar, v_bar,
+                   empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
+                   PINGPONG: gl.constexpr):  # fmt: skip
+    """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
+    ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated."""
+    dtype: gl.constexpr = q_buf.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])  # fmt: skip
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_D, 16])  # fmt: skip
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    row0 = m0 + c * BLOCK_M
+    rows = row0 + gl.arange(0, BLOCK_M, layout=row_s)
+    n_blocks, full_blocks = _key_blocks(row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+    n_blocks_all, _ = _key_blocks(m0 + BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+    n_blocks_0, _ = _key_blocks(m0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+    n_issues_0 = gl.where(n_blocks_0 > 0, n_blocks_0 + 1, 0)  # S_0; S_i with P_{i-1} V; the last P V
+
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
+    acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
+    # S's "accumulator" (ignored: use_acc=False) is a constant the compiler can rematerialize; the
+    # last scores would instead stay live across the loop's back edge
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+    if n_blocks > 0:
+        s = slot % STAGES
+        mbarrier.wait(k_bar.index(s), (slot // STAGES) & 1)
+        k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
+        _take_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
+        s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
+        turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
+        s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
+        p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, qk_scale,
+                                           full_blocks == 0, HAS_HI)  # fmt: skip
+        p_op = gl.convert_layout(p.to(dtype), p_layout)  # carried as 16-bit: half the registers
+        for i in range(1, n_blocks):
+            prev = (slot + i - 1) % STAGES
+            s = (slot + i) % STAGES
+            mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)
+            mbarrier.wait(v_bar.index(prev), ((slot + i - 1) // STAGES) & 1)
+            k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
+            _take_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
+            s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
+            acc = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+            turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
+            s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
+            p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, qk_scale,
+                                               i >= full_blocks, HAS_HI)  # fmt: skip
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            mbarrier.arrive(empty_bar.index(prev), count=1)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+        prev = (slot + n_blocks - 1) % STAGES
+        mbarrier.wait(v_bar.index(prev), ((slot + n_blocks - 1) // STAGES) & 1)
+        _take_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
+        acc = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+        turns = _pass_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty_bar.index(prev), count=1)
+    # the loader streams the blocks the other warpgroup needs: release them without reading
+    for i in range(n_blocks, n_blocks_all):
+        s = (slot + i) % STAGES
+        mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)  # this round's load has been issued
+        mbarrier.arrive(empty_bar.index(s), count=1)
+
+    empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
+    inv = gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)
+    out = (acc * gl.expand_dims(inv, 1)).to(dtype)
+    q_buf.reshape([BLOCK_M, HEAD_D]).store(out)  # Q is no longer read: its buffer stages the output
+    fence_async_shared()
+    _tma_store(o_desc, [b, row0, h, 0], q_buf)
+    lse = gl.where(empty, float("-inf"), (m_i * qk_scale + gl.log2(gl.where(empty, 1.0, l_i))) * LN2)
+    gl.store(lse_ptr + bh * seqlen_q + rows, lse, mask=rows < seqlen_q)
+    return slot + n_blocks_all, turns
+
+
+@gluon.jit
+def _consumer(c: gl.constexpr, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
+              lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
+              HAS_HI: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
+    """One warpgroup: its half of each of this program's tiles."""
+    q_buf = q_smem.index(c)
+    q = q_buf.reshape([BLOCK_M, HEAD_D])
+    slot = 0
+    turns = 0
+    n_done = 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, BLOCK_M, HAS_HI)
+        mbarrier.wait(q_bar.index(c), n_done & 1)
+        slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
+                                      v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
+                                      BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG)  # fmt: skip
+        tma.store_wait(0)
+        mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
+        n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
+
+
+@gluon.jit
+def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
+                n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
+                CONSUMER_REGS: gl.constexpr):  # fmt: skip
+    """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles, ``n_m_tiles =
+    cdiv(seqlen_q, 2*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over ``(batch,
+    seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch, heads_q,
+    seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type offset
+    (key - query <= band_hi) when ``HAS_HI``."""
+    dtype: gl.constexpr = q_desc.dtype
+    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    turn_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for c in gl.static_range(2):
+        mbarrier.init(q_bar.index(c), count=1)
+        mbarrier.init(q_free.index(c), count=1)
+        mbarrier.init(turn_bar.index(c), count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(k_bar.index(s), count=1)
+        mbarrier.init(v_bar.index(s), count=1)
+        mbarrier.init(empty_bar.index(s), count=2)  # both consumers
+    fence_async_shared()
+
+    gl.warp_specialize(
+        [
+            (_consumer, (0, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
+                         seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP, BLOCK_M,
+                         BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG)),
+            (_consumer, (1, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
+                         seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP, BLOCK_M,
+                         BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG)),
+            (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+                       seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI)),
+        ],
+        [4, 1],
+        [CONSUMER_REGS, 24],
+    )  # fmt: skip
