@@ -34,9 +34,11 @@ DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64
                            (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4),
                            (64, 128, 4, 3)]]  # fmt: skip
 
+# (block_m, block_n, stages, consumer_regs, pingpong, persistent, consumers); 3 consumers fit d=64 only
 FWDWS = [WsConfig(64, 128, 3, 240, pp, pers) for pp in (False, True) for pers in (False, True)] + [
     WsConfig(64, 64, 4, 240, pp, pers) for pp in (False, True) for pers in (False, True)
 ]  # fmt: skip
+FWDWS3 = [WsConfig(64, bn, st, 160, False, pers, 3) for bn, st in ((128, 3), (64, 4)) for pers in (False, True)]
 
 
 def main() -> None:
@@ -61,7 +63,8 @@ def main() -> None:
             dout = torch.randn_like(ref)
             ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
-            for kernel, space in (("fwd", FWD), ("fwdws", FWDWS), ("fwd8", FWD8), ("dkdv", DKDV), ("dq", DQ)):
+            spaces = {"fwd": FWD, "fwdws": FWDWS + (FWDWS3 if d <= 64 else []), "fwd8": FWD8, "dkdv": DKDV, "dq": DQ}
+            for kernel, space in spaces.items():
                 if kernel not in args.kernels.split(","):
                     continue
                 results = []

@@ -111,14 +111,24 @@ def test_gluon_forward_on_gpu(case, dtype, monkeypatch):
     assert calls, "the Gluon forward did not run"
 
 
+# schedule options (pingpong, persistent, consumers) x the causal and uneven cases; 3 consumers at d=64 only
+GLUON_VARIANTS = [
+    (case, variant)
+    for case in GLUON_CASES[1:5]
+    for variant in [(True, False, 2), (True, True, 2), (False, True, 2), (False, False, 3), (False, True, 3)]
+    if variant[2] == 2 or case.head_dim == 64
+]
+
+
 @pytest.mark.hopper
-@pytest.mark.parametrize("pingpong,persistent", [(True, False), (True, True), (False, True)])
-@pytest.mark.parametrize("case", GLUON_CASES[1:5], ids=[c.name for c in GLUON_CASES[1:5]])
-def test_gluon_forward_variants_on_gpu(case, pingpong, persistent, monkeypatch):
+@pytest.mark.parametrize("case,variant", GLUON_VARIANTS, ids=[f"{c.name}-{v}" for c, v in GLUON_VARIANTS])
+def test_gluon_forward_variants_on_gpu(case, variant, monkeypatch):
     """The Gluon forward's schedule options (tuning may pick any of them) on the causal and uneven cases."""
     from portattn.backends.triton_hopper import configs
 
-    cfg = configs.SM90_WS[(case.head_dim, case.causal)]._replace(pingpong=pingpong, persistent=persistent)
+    pingpong, persistent, consumers = variant
+    regs = 160 if consumers == 3 else 240  # three consumer warpgroups share the registers
+    cfg = configs.WsConfig(64, 128, 3, regs, pingpong=pingpong, persistent=persistent, consumers=consumers)
     monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
     result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
     result.raise_for_failure()

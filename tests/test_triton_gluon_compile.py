@@ -14,7 +14,8 @@ import torch
 gluon = pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluon")
 
 
-def _compile(head_dim: int, causal: bool, pingpong: bool, dtype: torch.dtype = torch.bfloat16):
+def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: int,
+             dtype: torch.dtype = torch.bfloat16):  # fmt: skip
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -23,7 +24,7 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, dtype: torch.dtype = t
 
     from portattn.backends.triton_hopper import configs, gluon_fwd, launch
 
-    cfg = configs.SM90_WS[(head_dim, causal)]
+    cfg = configs.pick_ws(head_dim, causal, 4096)
     x = torch.empty(2, 256, 4, head_dim, dtype=dtype)  # CPU memory: only shapes and strides are read
 
     def desc(rows: int):
@@ -36,19 +37,23 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, dtype: torch.dtype = t
     signature.update(lse_ptr="*fp32", seqlen_q="i32", seqlen_k="i32", heads_q="i32", band_hi="i32",
                      qk_scale="fp32", n_m_tiles="i32", n_tiles="i32")  # fmt: skip
     constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
-                 "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong,
-                 "CONSUMER_REGS": cfg.consumer_regs}  # fmt: skip
+                 "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
+                 "CONSUMER_REGS": regs}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-@pytest.mark.parametrize("head_dim,causal,pingpong", [(64, False, False), (128, True, False), (128, False, True)])
-def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong):
-    kernel = _compile(head_dim, causal, pingpong)
+@pytest.mark.parametrize(
+    "head_dim,causal,pingpong,consumers",
+    [(64, False, False, 2), (128, True, False, 2), (128, False, True, 2), (64, True, False, 3)],
+)
+def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong, consumers):
+    kernel = _compile(head_dim, causal, pingpong, consumers, regs=160 if consumers == 3 else 240)
     ptx = kernel.asm["ptx"]
     assert kernel.asm["cubin"], "no cubin: ptxas did not run"
-    assert kernel.metadata.num_warps == 12, "two consumer warpgroups and a loader warp (padded to a group)"
+    # the consumer warpgroups and a loader warp (padded to a group)
+    assert kernel.metadata.num_warps == 4 * (consumers + 1)
     assert "wgmma.mma_async" in ptx, "the GEMMs must be asynchronous warpgroup MMAs"
     assert "setmaxnreg" in ptx, "the partitions must rebalance registers"
     assert "cp.async.bulk.tensor" in ptx, "tiles must move by TMA"

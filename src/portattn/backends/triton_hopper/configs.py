@@ -84,20 +84,35 @@ class WsConfig(NamedTuple):
     consumer_regs: int  # registers per thread of the second consumer after setmaxnreg
     pingpong: bool = False  # the consumers take turns at issuing GEMMs
     persistent: bool = False  # one program per SM walks the tiles (else one program per tile)
+    consumers: int = 2  # consumer warpgroups per program (3: no ping-pong, and fewer registers each)
 
 
 # sm90, 16-bit, head dim 64 or 128, no window or softcap; key (head dim, causal-type band). Tuned on an
 # H100 (benchmarks/tune_triton_hopper.py --kernels fwdws at seqlen 1024/4096/16384, 16k tokens per
-# batch, hidden 2048; benchmarks/results/h100_tune_fwdws_2026-11-24.jsonl). TF/s at 1k / 4k / 16k:
-# non-causal runs persistent (short sequences gain: d=64 1k 356 -> 398); causal does not (the static
-# tile walk unbalances the triangle: d=128 16k 648 -> 443). Ping-pong gained nothing consistent.
+# batch, hidden 2048; benchmarks/results/h100_tune_fwdws_2026-11-24.jsonl). TF/s at 1k / 4k / 16k.
+# Non-causal runs persistent (short sequences gain: d=64 1k 357 -> 401 with 2 consumers); causal does
+# not (the static tile walk unbalances the triangle: d=128 16k 648 -> 443). d=64 takes 3 consumer
+# warpgroups (16k 471 -> 535), except causal at short key lengths (1k: 242 with 2, 203 with 3).
+# Ping-pong gained nothing consistent.
 SM90_WS: dict[tuple[int, bool], WsConfig] = {
-    (64, False): WsConfig(64, 128, 3, 240, persistent=True),  # 398 / 462 / 465
-    (64, True): WsConfig(64, 128, 3, 240),  # 240 / 378 / 446
+    (64, False): WsConfig(64, 128, 3, 160, persistent=True, consumers=3),  # 398 / 481 / 533
+    (64, True): WsConfig(64, 128, 3, 160, consumers=3),  # (203) / 410 / 463
     (128, False): WsConfig(64, 128, 3, 240, persistent=True),  # 536 / 604 / 641
     (128, True): WsConfig(64, 128, 3, 240),  # 268 / 555 / 648
 }
+WS_SHORT = 1024  # key lengths up to this take SM90_WS_SHORT where it has an entry
+SM90_WS_SHORT: dict[tuple[int, bool], WsConfig] = {
+    (64, True): WsConfig(64, 128, 3, 240),  # 242 at 1k
+}
 WS_OVERRIDE: list[WsConfig] = []  # the tuning script sets it; nothing else should
+
+
+def pick_ws(head_dim: int, causal: bool, seqlen_k: int) -> WsConfig:
+    """The Gluon forward's launch for one call."""
+    if WS_OVERRIDE:
+        return WS_OVERRIDE[0]
+    key = (head_dim, causal)
+    return SM90_WS_SHORT.get(key, SM90_WS[key]) if seqlen_k <= WS_SHORT else SM90_WS[key]
 
 
 # kernel -> config that replaces the table (the tuning script sets it; nothing else should)

@@ -45,7 +45,7 @@ LN2 = gl.constexpr(0.6931471805599453)
 
 
 @gluon.jit
-def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, HAS_HI: gl.constexpr):
+def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, TILE_M: gl.constexpr, HAS_HI: gl.constexpr):
     """Tile ``t`` -> (first query row, batch*heads_q + head, batch, head, K/V head). Query tiles of one
     head are adjacent (they share K/V in L2); under a causal-type band the last ones, which see the
     most keys, come first."""
@@ -54,7 +54,7 @@ def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, BLOCK_M: gl.constex
         pid_m = n_m_tiles - 1 - pid_m
     bh = t // n_m_tiles
     h = bh % heads_q
-    return pid_m * (2 * BLOCK_M), bh, bh // heads_q, h, h // GROUP
+    return pid_m * TILE_M, bh, bh // heads_q, h, h // GROUP
 
 
 @gluon.jit
@@ -71,19 +71,20 @@ def _key_blocks(row0, seqlen_k, band_hi, BLOCK_M: gl.constexpr, BLOCK_N: gl.cons
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_k,
             heads_q, band_hi, n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr):  # fmt: skip
-    """One warp: per tile, Q's two halves (once a consumer has stored its last output from that
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
+            CONSUMERS: gl.constexpr):  # fmt: skip
+    """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
     buffer), then K and V block by block into the ring."""
     slot = 0  # ring slots filled so far
     n_done = 0  # tiles loaded so far
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, BLOCK_M, HAS_HI)
-        for c in gl.static_range(2):
+        m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
+        for c in gl.static_range(CONSUMERS):
             # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
             mbarrier.wait(q_free.index(c), (n_done & 1) ^ 1)
             mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
             _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(c), q_smem.index(c))
-        n_blocks, _ = _key_blocks(m0 + BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+        n_blocks, _ = _key_blocks(m0 + (CONSUMERS - 1) * BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
         for i in range(n_blocks):
             s = slot % STAGES
             mbarrier.wait(empty_bar.index(s), ((slot // STAGES) & 1) ^ 1)
@@ -146,7 +147,7 @@ def _pass_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.con
 def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar, v_bar,
                    empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
-                   PINGPONG: gl.constexpr):  # fmt: skip
+                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
     ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated."""
     dtype: gl.constexpr = q_buf.dtype
@@ -161,7 +162,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
     row0 = m0 + c * BLOCK_M
     rows = row0 + gl.arange(0, BLOCK_M, layout=row_s)
     n_blocks, full_blocks = _key_blocks(row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
-    n_blocks_all, _ = _key_blocks(m0 + BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+    n_blocks_all, _ = _key_blocks(m0 + (CONSUMERS - 1) * BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
     n_blocks_0, _ = _key_blocks(m0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
     n_issues_0 = gl.where(n_blocks_0 > 0, n_blocks_0 + 1, 0)  # S_0; S_i with P_{i-1} V; the last P V
 
@@ -227,19 +228,19 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
 def _consumer(c: gl.constexpr, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
               lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP: gl.constexpr,
               BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
-              HAS_HI: gl.constexpr, PINGPONG: gl.constexpr):  # fmt: skip
-    """One warpgroup: its half of each of this program's tiles."""
+              HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr):  # fmt: skip
+    """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles."""
     q_buf = q_smem.index(c)
     q = q_buf.reshape([BLOCK_M, HEAD_D])
     slot = 0
     turns = 0
     n_done = 0
     for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, BLOCK_M, HAS_HI)
+        m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
         mbarrier.wait(q_bar.index(c), n_done & 1)
         slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
                                       v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
-                                      BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG)  # fmt: skip
+                                      BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)  # fmt: skip
         tma.store_wait(0)
         mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
         n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
@@ -249,43 +250,149 @@ def _consumer(c: gl.constexpr, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_
 def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
                 n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                 HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-                CONSUMER_REGS: gl.constexpr):  # fmt: skip
-    """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles, ``n_m_tiles =
-    cdiv(seqlen_q, 2*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over ``(batch,
-    seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch, heads_q,
-    seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type offset
-    (key - query <= band_hi) when ``HAS_HI``."""
+                CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):  # fmt: skip
+    """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
+    BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
+    cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
+    ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
+    heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
+    offset (key - query <= band_hi) when ``HAS_HI``."""
+    gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     turn_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for c in gl.static_range(2):
+    for c in gl.static_range(CONSUMERS):
         mbarrier.init(q_bar.index(c), count=1)
         mbarrier.init(q_free.index(c), count=1)
+    for c in gl.static_range(2):
         mbarrier.init(turn_bar.index(c), count=1)
     for s in gl.static_range(STAGES):
         mbarrier.init(k_bar.index(s), count=1)
         mbarrier.init(v_bar.index(s), count=1)
-        mbarrier.init(empty_bar.index(s), count=2)  # both consumers
+        mbarrier.init(empty_bar.index(s), count=CONSUMERS)  # every consumer releases each buffer
     fence_async_shared()
 
-    gl.warp_specialize(
-        [
-            (_consumer, (0, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
-                         seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP, BLOCK_M,
-                         BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG)),
-            (_consumer, (1, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
-                         seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP, BLOCK_M,
-                         BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG)),
-            (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                       seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI)),
-        ],
-        [4, 1],
-        [CONSUMER_REGS, 24],
-    )  # fmt: skip
+    if CONSUMERS == 2:
+        gl.warp_specialize(
+            [
+                (
+                    _consumer,
+                    (
+                        0,
+                        q_smem,
+                        k_smem,
+                        v_smem,
+                        o_desc,
+                        q_bar,
+                        q_free,
+                        k_bar,
+                        v_bar,
+                        empty_bar,
+                        turn_bar,
+                        lse_ptr,
+                        seqlen_q,
+                        seqlen_k,
+                        heads_q,
+                        band_hi,
+                        qk_scale,
+                        n_m_tiles,
+                        n_tiles,
+                        GROUP,
+                        BLOCK_M,
+                        BLOCK_N,
+                        HEAD_D,
+                        STAGES,
+                        HAS_HI,
+                        PINGPONG,
+                        CONSUMERS,
+                    ),
+                ),
+                (
+                    _consumer,
+                    (
+                        1,
+                        q_smem,
+                        k_smem,
+                        v_smem,
+                        o_desc,
+                        q_bar,
+                        q_free,
+                        k_bar,
+                        v_bar,
+                        empty_bar,
+                        turn_bar,
+                        lse_ptr,
+                        seqlen_q,
+                        seqlen_k,
+                        heads_q,
+                        band_hi,
+                        qk_scale,
+                        n_m_tiles,
+                        n_tiles,
+                        GROUP,
+                        BLOCK_M,
+                        BLOCK_N,
+                        HEAD_D,
+                        STAGES,
+                        HAS_HI,
+                        PINGPONG,
+                        CONSUMERS,
+                    ),
+                ),
+                (
+                    _loader,
+                    (
+                        q_desc,
+                        k_desc,
+                        v_desc,
+                        q_smem,
+                        k_smem,
+                        v_smem,
+                        q_bar,
+                        q_free,
+                        k_bar,
+                        v_bar,
+                        empty_bar,
+                        seqlen_k,
+                        heads_q,
+                        band_hi,
+                        n_m_tiles,
+                        n_tiles,
+                        GROUP,
+                        BLOCK_M,
+                        BLOCK_N,
+                        STAGES,
+                        HAS_HI,
+                        CONSUMERS,
+                    ),
+                ),
+            ],
+            [4, 1],
+            [CONSUMER_REGS, 24],
+        )
+    else:
+        gl.warp_specialize(
+            [
+                (_consumer, (0, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
+                             lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP,
+                             BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (1, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
+                             lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP,
+                             BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (2, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
+                             lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP,
+                             BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+                           seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI,
+                           CONSUMERS)),
+            ],
+            [4, 4, 1],
+            [CONSUMER_REGS, CONSUMER_REGS, 24],
+        )  # fmt: skip

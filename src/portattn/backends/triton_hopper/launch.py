@@ -178,22 +178,22 @@ def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.T
     from portattn.backends.triton_hopper import gluon_fwd
 
     hi = call.band[1]
-    cfg = configs.WS_OVERRIDE[0] if configs.WS_OVERRIDE else configs.SM90_WS[(call.head_dim, hi is not None)]
+    cfg = configs.pick_ws(call.head_dim, hi is not None, call.seqlen_k)
     d = call.head_dim
 
     def desc(t: torch.Tensor, rows: int) -> TensorDescriptor:
         block = [1, rows, 1, d]
         return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _nvmma_layout(rows, d, t.dtype))
 
-    n_m_tiles = triton.cdiv(call.seqlen_q, 2 * cfg.block_m)
+    n_m_tiles = triton.cdiv(call.seqlen_q, cfg.consumers * cfg.block_m)
     n_tiles = n_m_tiles * call.batch * call.heads_q
     programs = min(n_tiles, _sm_count(q.device)) if cfg.persistent else n_tiles
     gluon_fwd.attn_fwd_ws[(programs,)](
         desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n), desc(out, cfg.block_m), lse,
         call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
         n_m_tiles, n_tiles, GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
-        STAGES=cfg.stages, HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMER_REGS=cfg.consumer_regs,
-        num_warps=4,
+        STAGES=cfg.stages, HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers,
+        CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
     )  # fmt: skip
 
 
