@@ -48,3 +48,21 @@ def test_head_dims_map_to_buckets_and_targets():
         assert configs.pick("dq", 128, (9, 0)) == configs.Config(16, 16, 1, 1)
     finally:
         configs.OVERRIDE.clear()
+
+
+def test_gluon_forward_table_is_well_formed():
+    """Every (head dim, causal) entry of the Gluon forward's table ends with a catch-all, its key
+    lengths rise, and each config is one the kernel accepts (3 consumers fit d=64 only, ping-pong
+    needs 2, the ring fits in shared memory)."""
+    for (head_dim, causal), entries in configs.SM90_WS.items():
+        limits = [longest for longest, _ in entries]
+        assert limits[-1] is None and None not in limits[:-1], (head_dim, causal)
+        assert limits[:-1] == sorted(limits[:-1]), (head_dim, causal)
+        for _, cfg in entries:
+            assert cfg.consumers in (2, 3) and not (cfg.pingpong and cfg.consumers == 3)
+            assert cfg.consumers == 2 or head_dim == 64
+            tile_bytes = 2 * head_dim * (cfg.consumers * cfg.block_m + 2 * cfg.stages * cfg.block_n)
+            assert tile_bytes <= 227 * 1024, (head_dim, causal, cfg)
+            assert cfg.consumer_regs * cfg.consumers + 24 <= 512  # registers per thread, per group of 128
+        assert configs.pick_ws(head_dim, causal, 1 << 20) is entries[-1][1]
+        assert configs.pick_ws(head_dim, causal, 1) is entries[0][1]

@@ -87,22 +87,28 @@ class WsConfig(NamedTuple):
     consumers: int = 2  # consumer warpgroups per program (3: no ping-pong, and fewer registers each)
 
 
-# sm90, 16-bit, head dim 64 or 128, no window or softcap; key (head dim, causal-type band). Tuned on an
-# H100 (benchmarks/tune_triton_hopper.py --kernels fwdws at seqlen 1024/4096/16384, 16k tokens per
-# batch, hidden 2048; benchmarks/results/h100_tune_fwdws_2026-11-24.jsonl). TF/s at 1k / 4k / 16k.
-# Non-causal runs persistent (short sequences gain: d=64 1k 357 -> 401 with 2 consumers); causal does
-# not (the static tile walk unbalances the triangle: d=128 16k 648 -> 443). d=64 takes 3 consumer
-# warpgroups (16k 471 -> 535), except causal at short key lengths (1k: 242 with 2, 203 with 3).
-# Ping-pong gained nothing consistent.
-SM90_WS: dict[tuple[int, bool], WsConfig] = {
-    (64, False): WsConfig(64, 128, 3, 160, persistent=True, consumers=3),  # 398 / 481 / 533
-    (64, True): WsConfig(64, 128, 3, 160, consumers=3),  # (203) / 410 / 463
-    (128, False): WsConfig(64, 128, 3, 240, persistent=True),  # 536 / 604 / 641
-    (128, True): WsConfig(64, 128, 3, 240),  # 268 / 555 / 648
-}
-WS_SHORT = 1024  # key lengths up to this take SM90_WS_SHORT where it has an entry
-SM90_WS_SHORT: dict[tuple[int, bool], WsConfig] = {
-    (64, True): WsConfig(64, 128, 3, 240),  # 242 at 1k
+# sm90, 16-bit, head dim 64 or 128, no window or softcap: per (head dim, causal-type band), configs by
+# the largest key length each serves (None: any). Tuned on an H100 (benchmarks/tune_triton_hopper.py
+# --kernels fwdws at seqlen 1024/4096/16384, 16k tokens per batch, hidden 2048;
+# benchmarks/results/h100_tune_fwdws_2026-11-24.jsonl, the last sweep; TF/s in the comments).
+# A persistent walk (one program per SM, tiles in snake order) wins at short and middle lengths, where
+# a program's fixed costs are a large share, and loses at 16k causal, where its static walk leaves the
+# programs uneven (d=128: 627 -> 470). d=64 takes 3 consumer warpgroups except at 1k causal (207 with
+# 3 against 275 with 2). Ping-pong is within noise of off; kept where it measured best.
+_W2, _W3 = WsConfig(64, 128, 3, 240), WsConfig(64, 128, 3, 160, consumers=3)
+SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
+    (64, False): [(4096, _W3._replace(persistent=True)), (None, _W3)],  # 388 / 482 / 530
+    (64, True): [
+        (1024, _W2._replace(pingpong=True, persistent=True)),  # 285
+        (4096, _W3._replace(persistent=True)),  # 414
+        (None, _W3),  # 493
+    ],
+    (128, False): [
+        (1024, _W2._replace(persistent=True)),  # 557
+        (4096, _W2),  # 646
+        (None, _W2._replace(persistent=True)),  # 637
+    ],
+    (128, True): [(4096, _W2._replace(pingpong=True, persistent=True)), (None, _W2)],  # 414 / 562 / 627
 }
 WS_OVERRIDE: list[WsConfig] = []  # the tuning script sets it; nothing else should
 
@@ -111,8 +117,7 @@ def pick_ws(head_dim: int, causal: bool, seqlen_k: int) -> WsConfig:
     """The Gluon forward's launch for one call."""
     if WS_OVERRIDE:
         return WS_OVERRIDE[0]
-    key = (head_dim, causal)
-    return SM90_WS_SHORT.get(key, SM90_WS[key]) if seqlen_k <= WS_SHORT else SM90_WS[key]
+    return next(cfg for longest, cfg in SM90_WS[(head_dim, causal)] if longest is None or seqlen_k <= longest)
 
 
 # kernel -> config that replaces the table (the tuning script sets it; nothing else should)

@@ -1,8 +1,8 @@
 """The sm90 forward in Gluon: warp-specialized, FlashAttention-3 style.
 
 Plain Triton cannot say who waits for what; Gluon can. A tile is ``2 * BLOCK_M`` query rows of one
-(batch, query head). A program runs tiles ``pid, pid + nprog, ...`` (one each when the grid covers
-them all; persistent when it has one program per SM) with three partitions:
+(batch, query head). A program runs one tile per round of ``nprog`` tiles (one tile when the grid
+covers them all; persistent when it has one program per SM) with three partitions:
 
 - a loader warp issues the TMA loads of Q (both halves) and of K and V into a ring of ``STAGES``
   buffers, each guarded by a "ready" mbarrier per operand and an "empty" mbarrier that both
@@ -58,6 +58,16 @@ def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, TILE_M: gl.constexp
 
 
 @gluon.jit
+def _round_tile(k):
+    """The tile a program takes in round ``k`` of the walk: rounds of ``nprog`` consecutive tiles, in
+    snake order (program p takes the p-th tile of even rounds and the p-th from the end of odd
+    ones), so that a persistent program's causal tiles, heavy and light, even out over two rounds."""
+    p = gl.program_id(0)
+    nprog = gl.num_programs(0)
+    return k * nprog + p + (k % 2) * (nprog - 1 - 2 * p)
+
+
+@gluon.jit
 def _key_blocks(row0, seqlen_k, band_hi, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HAS_HI: gl.constexpr):
     """Key blocks that query rows ``[row0, row0 + BLOCK_M)`` see, and how many of them lead unmasked."""
     last = seqlen_k
@@ -77,23 +87,25 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
     buffer), then K and V block by block into the ring."""
     slot = 0  # ring slots filled so far
     n_done = 0  # tiles loaded so far
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
-        for c in gl.static_range(CONSUMERS):
-            # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
-            mbarrier.wait(q_free.index(c), (n_done & 1) ^ 1)
-            mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
-            _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(c), q_smem.index(c))
-        n_blocks, _ = _key_blocks(m0 + (CONSUMERS - 1) * BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
-        for i in range(n_blocks):
-            s = slot % STAGES
-            mbarrier.wait(empty_bar.index(s), ((slot // STAGES) & 1) ^ 1)
-            mbarrier.expect(k_bar.index(s), k_desc.block_type.nbytes)
-            _tma_load(k_desc, [b, i * BLOCK_N, hk, 0], k_bar.index(s), k_smem.index(s))
-            mbarrier.expect(v_bar.index(s), v_desc.block_type.nbytes)
-            _tma_load(v_desc, [b, i * BLOCK_N, hk, 0], v_bar.index(s), v_smem.index(s))
-            slot += 1
-        n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
+    for k in range(gl.cdiv(n_tiles, gl.num_programs(0))):
+        t = _round_tile(k)
+        if t < n_tiles:
+            m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
+            for c in gl.static_range(CONSUMERS):
+                # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
+                mbarrier.wait(q_free.index(c), (n_done & 1) ^ 1)
+                mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
+                _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(c), q_smem.index(c))
+            n_blocks, _ = _key_blocks(m0 + (CONSUMERS - 1) * BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+            for i in range(n_blocks):
+                s = slot % STAGES
+                mbarrier.wait(empty_bar.index(s), ((slot // STAGES) & 1) ^ 1)
+                mbarrier.expect(k_bar.index(s), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [b, i * BLOCK_N, hk, 0], k_bar.index(s), k_smem.index(s))
+                mbarrier.expect(v_bar.index(s), v_desc.block_type.nbytes)
+                _tma_load(v_desc, [b, i * BLOCK_N, hk, 0], v_bar.index(s), v_smem.index(s))
+                slot += 1
+            n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
 
 
 @gluon.jit
@@ -235,15 +247,17 @@ def _consumer(c: gl.constexpr, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_
     slot = 0
     turns = 0
     n_done = 0
-    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
-        m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
-        mbarrier.wait(q_bar.index(c), n_done & 1)
-        slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
-                                      v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
-                                      BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)  # fmt: skip
-        tma.store_wait(0)
-        mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
-        n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
+    for k in range(gl.cdiv(n_tiles, gl.num_programs(0))):
+        t = _round_tile(k)
+        if t < n_tiles:
+            m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
+            mbarrier.wait(q_bar.index(c), n_done & 1)
+            slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
+                                          v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
+                                          BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)  # fmt: skip
+            tma.store_wait(0)
+            mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
+            n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
 
 
 @gluon.jit
