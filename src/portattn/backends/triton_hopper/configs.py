@@ -78,10 +78,10 @@ SM80: dict[tuple[str, int], Config] = {  # no "fwd8": FP8 runs on sm90 only
 class WsConfig(NamedTuple):
     """The Gluon forward's launch (``gluon_fwd.py``)."""
 
-    block_m: int  # query rows per consumer warpgroup; a program covers twice this
+    block_m: int  # query rows per consumer warpgroup; a tile is `consumers` times this
     block_n: int  # keys per block
     stages: int  # depth of the K/V ring in shared memory
-    consumer_regs: int  # registers per thread of the second consumer after setmaxnreg
+    consumer_regs: int  # registers per thread of each worker consumer warpgroup after setmaxnreg
     pingpong: bool = False  # the consumers take turns at issuing GEMMs
     persistent: bool = False  # one program per SM walks the tiles (else one program per tile)
     consumers: int = 2  # consumer warpgroups per program (3: no ping-pong, and fewer registers each)

@@ -1,17 +1,17 @@
 """The sm90 forward in Gluon: warp-specialized, FlashAttention-3 style.
 
-Plain Triton cannot say who waits for what; Gluon can. A tile is ``2 * BLOCK_M`` query rows of one
-(batch, query head). A program runs one tile per round of ``nprog`` tiles (one tile when the grid
+Plain Triton cannot say who waits for what; Gluon can. A tile is ``CONSUMERS * BLOCK_M`` query rows
+of one (batch, query head). A program runs one tile per round of ``nprog`` tiles (one tile when the grid
 covers them all; persistent when it has one program per SM) with three partitions:
 
-- a loader warp issues the TMA loads of Q (both halves) and of K and V into a ring of ``STAGES``
-  buffers, each guarded by a "ready" mbarrier per operand and an "empty" mbarrier that both
-  consumers arrive on when they are done with the buffer; a persistent program's loader runs ahead
+- a loader warp issues the TMA loads of Q (one part per consumer) and of K and V into a ring of
+  ``STAGES`` buffers, each guarded by a "ready" mbarrier per operand and an "empty" mbarrier that
+  every consumer arrives on when it is done with the buffer; a persistent program's loader runs ahead
   into the next tile while the consumers finish this one;
-- two consumer warpgroups, ``BLOCK_M`` query rows each, run the asynchronous ``wgmma`` GEMMs and the
-  online softmax. Inside a consumer, the GEMMs overlap the softmax: ``S = Q K_j^T`` and
+- two or three consumer warpgroups, ``BLOCK_M`` query rows each, run the asynchronous ``wgmma`` GEMMs
+  and the online softmax. Inside a consumer, the GEMMs overlap the softmax: ``S = Q K_j^T`` and
   ``O += P_{j-1} V_{j-1}`` are issued together, the softmax of block ``j`` runs as soon as ``S``
-  lands, while ``P V`` is still in flight. With ``PINGPONG`` the two take turns at issuing GEMMs, so
+  lands, while ``P V`` is still in flight. With ``PINGPONG`` two consumers take turns at issuing GEMMs, so
   that one's softmax runs while the other's GEMMs hold the tensor cores (FlashAttention-3's
   inter-warpgroup schedule); without it they drift apart on their own.
 
@@ -40,7 +40,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 
-LOG2E = gl.constexpr(1.4426950408889634)
 LN2 = gl.constexpr(0.6931471805599453)
 
 
@@ -237,11 +236,14 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
 
 
 @gluon.jit
-def _consumer(c: gl.constexpr, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
-              lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP: gl.constexpr,
-              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
-              HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr):  # fmt: skip
-    """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles."""
+def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+              HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
+              CONSUMERS: gl.constexpr):  # fmt: skip
+    """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
+    values every consumer takes, in one tuple so that the partition list names them once (a tuple
+    would not keep the constexprs constant)."""
+    (q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k,
+     heads_q, band_hi, qk_scale, n_m_tiles, n_tiles) = shared  # fmt: skip
     q_buf = q_smem.index(c)
     q = q_buf.reshape([BLOCK_M, HEAD_D])
     slot = 0
@@ -293,116 +295,27 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
         mbarrier.init(empty_bar.index(s), count=CONSUMERS)  # every consumer releases each buffer
     fence_async_shared()
 
+    shared = (q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q,
+              seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles)  # fmt: skip
+    # the partition list must be a literal: a variable holding the partition functions does not compile
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (
-                    _consumer,
-                    (
-                        0,
-                        q_smem,
-                        k_smem,
-                        v_smem,
-                        o_desc,
-                        q_bar,
-                        q_free,
-                        k_bar,
-                        v_bar,
-                        empty_bar,
-                        turn_bar,
-                        lse_ptr,
-                        seqlen_q,
-                        seqlen_k,
-                        heads_q,
-                        band_hi,
-                        qk_scale,
-                        n_m_tiles,
-                        n_tiles,
-                        GROUP,
-                        BLOCK_M,
-                        BLOCK_N,
-                        HEAD_D,
-                        STAGES,
-                        HAS_HI,
-                        PINGPONG,
-                        CONSUMERS,
-                    ),
-                ),
-                (
-                    _consumer,
-                    (
-                        1,
-                        q_smem,
-                        k_smem,
-                        v_smem,
-                        o_desc,
-                        q_bar,
-                        q_free,
-                        k_bar,
-                        v_bar,
-                        empty_bar,
-                        turn_bar,
-                        lse_ptr,
-                        seqlen_q,
-                        seqlen_k,
-                        heads_q,
-                        band_hi,
-                        qk_scale,
-                        n_m_tiles,
-                        n_tiles,
-                        GROUP,
-                        BLOCK_M,
-                        BLOCK_N,
-                        HEAD_D,
-                        STAGES,
-                        HAS_HI,
-                        PINGPONG,
-                        CONSUMERS,
-                    ),
-                ),
-                (
-                    _loader,
-                    (
-                        q_desc,
-                        k_desc,
-                        v_desc,
-                        q_smem,
-                        k_smem,
-                        v_smem,
-                        q_bar,
-                        q_free,
-                        k_bar,
-                        v_bar,
-                        empty_bar,
-                        seqlen_k,
-                        heads_q,
-                        band_hi,
-                        n_m_tiles,
-                        n_tiles,
-                        GROUP,
-                        BLOCK_M,
-                        BLOCK_N,
-                        STAGES,
-                        HAS_HI,
-                        CONSUMERS,
-                    ),
-                ),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+                           seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI,
+                           CONSUMERS)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
-        )
+        )  # fmt: skip
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
-                             lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP,
-                             BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (1, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
-                             lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP,
-                             BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (2, q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
-                             lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, GROUP,
-                             BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI,
                            CONSUMERS)),

@@ -131,7 +131,15 @@ def _contiguous(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-_gluon_import_error: list[str] = []  # why the Gluon kernel could not be imported, once known
+@functools.cache
+def _gluon_import_error() -> str | None:
+    """Why the Gluon kernel cannot be imported (an old Triton without Gluon, or one whose Gluon API
+    moved), or None; tried once per process."""
+    try:
+        from portattn.backends.triton_hopper import gluon_fwd  # noqa: F401
+    except Exception as exc:
+        return f"the Gluon forward failed to import: {exc!r}"
+    return None
 
 
 def gluon_forward_reason(call: AttentionCall, cap: tuple[int, int] | None, *tensors: torch.Tensor) -> str | None:
@@ -148,14 +156,7 @@ def gluon_forward_reason(call: AttentionCall, cap: tuple[int, int] | None, *tens
         return "the Gluon forward serves full and causal-type bands without softcap"
     if call.seqlen_k == 0 or not _tma_aligned(*tensors):
         return "the Gluon forward needs TMA-describable inputs"
-    if _gluon_import_error:
-        return _gluon_import_error[0]
-    try:
-        from portattn.backends.triton_hopper import gluon_fwd  # noqa: F401
-    except Exception as exc:  # an old Triton without Gluon, or one whose Gluon API moved
-        _gluon_import_error.append(f"the Gluon forward failed to import: {exc!r}")
-        return _gluon_import_error[0]
-    return None
+    return _gluon_import_error()
 
 
 @functools.cache
