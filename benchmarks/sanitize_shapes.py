@@ -1,5 +1,6 @@
 """Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, every tile path of the
-Triton forward (the Gluon one off), the Gluon forward (persistent and not), FP8.
+Triton forward (the Gluon one off), the Gluon forward (persistent and not), FP8. Each case runs twice:
+the second call takes the direct launch of the kept kernels.
 
 Exits non-zero if any output differs from the reference (the sanitizer reports bad accesses itself).
 """
@@ -31,15 +32,17 @@ os.environ["PORTATTN_TRITON_GLUON"] = "0"
 for path in ("host", "1", "0"):
     os.environ["PORTATTN_TRITON_TMA"] = path
     for case in CASES:
-        result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
-        print(f"tma={path} {result.id}: {result.status} {result.message[:200]}")
-        failed += result.status != "pass"
+        for seed in (0, 1):  # the second call launches the kept kernels directly (direct.py)
+            result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16, seed=seed)
+            print(f"tma={path} {result.id} seed={seed}: {result.status} {result.message[:200]}")
+            failed += result.status != "pass"
 os.environ.pop("PORTATTN_TRITON_TMA")
 os.environ.pop("PORTATTN_TRITON_GLUON")
 for case in GLUON_CASES:
-    result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
-    print(f"gluon {result.id}: {result.status} {result.message[:200]}")
-    failed += result.status != "pass"
+    for seed in (0, 1):
+        result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16, seed=seed)
+        print(f"gluon {result.id} seed={seed}: {result.status} {result.message[:200]}")
+        failed += result.status != "pass"
 for case in CASES:  # precision="fp8": the prepass and the e4m3 forward (tolerance: FP8's error)
     q, k, v = make_inputs(case, "cuda", torch.bfloat16, seed=1)
     kw = {"causal": case.causal, "window": case.window, "softcap": case.softcap}

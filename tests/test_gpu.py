@@ -135,6 +135,44 @@ def test_gluon_forward_variants_on_gpu(case, variant, monkeypatch):
     assert result.status == "pass", result.message
 
 
+# repeated calls take the direct launch (``direct.py``): the compiled kernel and descriptor templates
+# of the first call, on new tensors. Each is checked against the reference, with the base alignment
+# changed between calls of one shape (a misaligned base must not reuse the aligned specialization).
+DIRECT_CASES = [
+    dict(causal=True, head_dim=128),  # Gluon forward, Triton backward (host descriptors)
+    dict(causal=False, head_dim=64, softcap=20.0),  # Triton forward
+    dict(causal=True, head_dim=96, window=(300, 0)),
+]
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("kw", DIRECT_CASES, ids=[str(sorted(kw.items())) for kw in DIRECT_CASES])
+def test_direct_launch_repeated_calls_on_gpu(kw):
+    from portattn.backends.reference.naive import attention_reference
+    from portattn.backends.triton_hopper import direct
+    from portattn.testing import assert_close, tolerances
+
+    kw = dict(kw)
+    d = kw.pop("head_dim")
+    gen = torch.Generator(device="cuda").manual_seed(d)
+    launched_before = len(direct._kernels)
+    for offset in (0, 0, 1, 0, 1):  # offset 1 element: a base 2 bytes off 16-byte alignment
+        buf = torch.randn(2 * 700 * 6 * d * 3 + 8, device="cuda", dtype=torch.bfloat16, generator=gen)
+        q, k, v = (buf[offset + i * 2 * 700 * 6 * d :][: 2 * 700 * 6 * d].view(2, 700, 6, d) for i in range(3))
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+        out = portattn.attention(q, k, v, backend="triton_hopper", **kw)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, (q, k, v), grad)
+        qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+        ref = attention_reference(portattn.explain(q, k, v, quiet=True, **kw).call, qd, kd, vd)[0]
+        want = torch.autograd.grad(ref, (qd, kd, vd), grad.double())
+        assert_close(out, ref, *tolerances.forward(torch.bfloat16), what=f"out (base offset {offset})")
+        atol, rtol = tolerances.backward(torch.bfloat16)
+        for name, g, w in zip("qkv", got, want, strict=True):
+            assert_close(g, w, atol * max(1.0, w.abs().max().item()), rtol, what=f"d{name} (base offset {offset})")
+    assert len(direct._kernels) > launched_before, "no kernel was kept for direct launches"
+
+
 def test_deterministic_backward():
     case = dataclasses.replace(REAL[2], seqlen_q=1024, seqlen_k=1024)
     from portattn.testing import make_inputs

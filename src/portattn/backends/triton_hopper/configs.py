@@ -34,7 +34,7 @@ SM90: dict[tuple[str, int, bool], Config] = {
     ("dkdv", 64, False): Config(64, 64, 4, 3),  # 268 / 329 / 328
     ("dkdv", 64, True): Config(64, 64, 4, 3),  # 187 / 290 / 329
     ("dkdv", 128, False): Config(32, 64, 4, 3),  # 335 / 415 / 416
-    ("dkdv", 128, True): Config(32, 64, 4, 3),  # long; see SM90_SHORT
+    ("dkdv", 128, True): Config(32, 64, 4, 3),  # 274 / 394 / - (2026-11-24, direct launches)
     ("dkdv", 256, False): Config(32, 64, 8, 2),
     ("dkdv", 256, True): Config(32, 64, 8, 2),
     ("dq", 64, False): Config(64, 128, 4, 3),  # 291 / 368 / 371
@@ -59,7 +59,8 @@ SHORT = 4096
 SM90_SHORT: dict[tuple[str, int, bool], Config] = {
     ("fwd", 128, False): Config(64, 64, 4, 3),  # 423 / 494 vs 391 / 492 (long: 405 vs 508)
     ("fwd", 128, True): Config(64, 64, 4, 3),  # 261-339 / 462 vs 278 / 424 (long: 464 vs 492)
-    ("dkdv", 128, True): Config(64, 64, 4, 2),  # 230 vs 181 at 1024 (long: 345 vs 396)
+    # ("dkdv", 128, True) takes the long config: with launches no longer host-bound it led the sweeps at
+    # 1024 (274 vs 243 TF/s for Config(64, 64, 4, 2)) and 4096 (394; 64-row tiles not in the top four)
 }
 # sm80/sm89 (pointer path): less shared memory than sm90; not yet tuned on such a GPU
 SM80: dict[tuple[str, int], Config] = {  # no "fwd8": FP8 runs on sm90 only

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from portattn import _alloc
 from portattn._device import cuda_capability
-from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, kernels, quant
+from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, direct, kernels, quant
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
@@ -79,9 +79,34 @@ def _operands(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list:
         _ensure_allocator()
     if tiles != HOST_TMA:
         return [t for t, _, _ in specs]
-    from triton.tools.tensor_descriptor import TensorDescriptor
+    return [_host_descriptor(t, rows, dim) for t, rows, dim in specs]
 
-    return [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, _block_d(dim)]) for t, rows, dim in specs]
+
+_descriptor_templates: dict[tuple, object] = {}
+
+
+def _host_descriptor(t: torch.Tensor, rows: int, dim: int):
+    """A Triton host descriptor over ``t`` (TMA-aligned: the caller checked). Made and validated once
+    per (shape, strides, dtype, block); later calls copy that template onto the new base."""
+    key = (t.shape, t.stride(), t.dtype, rows, dim)
+    template = _descriptor_templates.get(key)
+    if template is None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        template = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, _block_d(dim)])
+        template.base = None  # a template must not keep the first call's tensor alive
+        if len(_descriptor_templates) >= _TEMPLATE_LIMIT:
+            _descriptor_templates.clear()
+        _descriptor_templates[key] = template
+    return direct.rebased(template, t)
+
+
+_TEMPLATE_LIMIT = 4096
+
+
+def _aligned_bases(*tensors: torch.Tensor) -> tuple[bool, ...]:
+    """16-byte alignment of each base: Triton specializes pointer arguments on it, TMA requires it."""
+    return tuple(t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def _needs_tma(call: AttentionCall, cap: tuple[int, int] | None) -> bool:
@@ -173,29 +198,60 @@ def _nvmma_layout(rows: int, dim: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([1, rows, 1, dim], element)
 
 
-def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.Tensor) -> None:
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+_gluon_plans: dict[tuple, tuple] = {}
 
+
+def _gluon_key(call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple:
+    return (call, q.stride(), k.stride(), v.stride())
+
+
+def _gluon_serves(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, out: torch.Tensor) -> bool:
+    """``gluon_forward_reason(...) is None``, answered from the plans for a signature already served
+    (then only the bases' alignment can differ; ``out`` is a fresh allocation)."""
+    if _gluon_key(call, q, k, v) in _gluon_plans and os.environ.get(GLUON_ENV, "") != "0":
+        return all(_aligned_bases(q, k, v))
+    return gluon_forward_reason(call, cap, q, k, v, out) is None
+
+
+def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.Tensor) -> None:
     from portattn.backends.triton_hopper import gluon_fwd
 
     hi = call.band[1]
     cfg = configs.pick_ws(call.head_dim, hi is not None, call.seqlen_k)
-    d = call.head_dim
+    key = _gluon_key(call, q, k, v)
+    plan = _gluon_plans.get(key)
+    if plan is None or plan[0] != cfg:
+        plan = _gluon_plan(call, cfg, q, k, v, out)
+        if len(_gluon_plans) >= _TEMPLATE_LIMIT:
+            _gluon_plans.clear()
+        _gluon_plans[key] = plan
+    _, templates, grid, scalars, constants = plan
+    descriptors = [direct.rebased(d, t) for d, t in zip(templates, (q, k, v, out), strict=True)]
+    direct.launch(gluon_fwd.attn_fwd_ws, grid, (key, cfg), *descriptors, lse, *scalars, **constants)
 
-    def desc(t: torch.Tensor, rows: int) -> TensorDescriptor:
-        block = [1, rows, 1, d]
-        return TensorDescriptor(t, list(t.shape), list(t.stride()), block, _nvmma_layout(rows, d, t.dtype))
 
+def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.Tensor) -> tuple:
+    """What the Gluon forward's launch needs for one call signature: descriptor templates (validated
+    here once, without a base), the grid, the runtime scalars and the constants."""
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    d, hi = call.head_dim, call.band[1]
+    templates = []
+    for t, rows in ((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n), (out, cfg.block_m)):
+        desc = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, d], _nvmma_layout(rows, d, t.dtype))
+        desc.base = None  # a template must not keep the first call's tensor alive
+        templates.append(desc)
     n_m_tiles = triton.cdiv(call.seqlen_q, cfg.consumers * cfg.block_m)
     n_tiles = n_m_tiles * call.batch * call.heads_q
     programs = min(n_tiles, _sm_count(q.device)) if cfg.persistent else n_tiles
-    gluon_fwd.attn_fwd_ws[(programs,)](
-        desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n), desc(out, cfg.block_m), lse,
-        call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
-        n_m_tiles, n_tiles, GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d,
-        STAGES=cfg.stages, HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers,
-        CONSUMER_REGS=cfg.consumer_regs, num_warps=4,
+    scalars = (call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
+               n_m_tiles, n_tiles)  # fmt: skip
+    constants = dict(
+        GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
+        HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
+        num_warps=4,
     )  # fmt: skip
+    return cfg, templates, (programs,), scalars, constants
 
 
 def forward(
@@ -210,7 +266,7 @@ def forward(
     lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    if gluon_forward_reason(call, cap, q, k, v, out) is None:
+    if _gluon_serves(call, cap, q, k, v, out):
         _forward_gluon(call, q, k, v, out, lse)
         return out, lse
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
@@ -222,8 +278,9 @@ def forward(
     d, dv, bm, bn = call.head_dim, call.head_dim_v, cfg.block_m, cfg.block_n
     operands = _operands(tiles, (q, bm, d), (k, bn, d), (v, bn, dv), (out, bm, dv))
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
-    kernels.attn_fwd[grid](
-        *operands, lse, lse, lse, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
+    key = (call, cfg, tiles, q.stride(), k.stride(), v.stride(), _aligned_bases(q, k, v, out, lse))
+    direct.launch(
+        kernels.attn_fwd, grid, key, *operands, lse, lse, lse, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles, FP8=False, P_SHIFT=0.0,
         OUT_DTYPE=_TL_DTYPES[q.dtype], num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
@@ -367,32 +424,35 @@ def backward(
     dv = _alloc.empty(b, sk, hkv, call.head_dim_v, dtype=v.dtype, device=v.device)
     if sq == 0 or sk == 0 or b == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32}
-    dim = max(call.head_dim, call.head_dim_v)
-    delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
-    cfg = configs.pick("dq", dim, cap, loop_len=sk, **tuning)
     lse = lse.contiguous()
-    dlse_arg = dlse.float().contiguous() if dlse is not None else delta
-    kernels.attn_bwd_delta[(triton.cdiv(sq, cfg.block_m), b * hq)](
-        out, dout, dlse_arg, delta, *_bsh(out), *_bsh(dout), sq, hq, call.head_dim_v,
-        BLOCK_M=cfg.block_m, BLOCK_DV=_block_d(call.head_dim_v), HAS_DLSE=dlse is not None,
-    )  # fmt: skip
-    common = _common(call)
-    kv_cfg = configs.pick("dkdv", dim, cap, loop_len=sq, **tuning)
+    dlse_arg = dlse.float().contiguous() if dlse is not None else None
+    pointers = (q, k, v, out, dout, lse) if dlse_arg is None else (q, k, v, out, dout, lse, dlse_arg)
+    # everything the plan and the kernels' specialization derive from (the dQ/dK/dV outputs are fresh)
+    key = (call, _atomic_dq(), os.environ.get(TMA_ENV, ""), tuple(configs.OVERRIDE.items()),
+           tuple(t.stride() for t in pointers), _aligned_bases(*pointers))  # fmt: skip
+    plan = _bwd_plans.get(key)
+    if plan is None:
+        plan = _backward_plan(call, cap, q, k, v, out, dout, dq, dk, dv)
+        if len(_bwd_plans) >= _TEMPLATE_LIMIT:
+            _bwd_plans.clear()
+        _bwd_plans[key] = plan
+    cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common = plan
     d, dv_dim = call.head_dim, call.head_dim_v
-    kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
-    q_tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, dout, dq)
-    if needs_tma and POINTER in (kv_tiles, q_tiles):
-        raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
+    delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    direct.launch(
+        kernels.attn_bwd_delta, (triton.cdiv(sq, cfg.block_m), b * hq), key,
+        out, dout, delta if dlse_arg is None else dlse_arg, delta, *_bsh(out), *_bsh(dout), sq, hq, dv_dim,
+        BLOCK_M=cfg.block_m, BLOCK_DV=common["BLOCK_DV"], HAS_DLSE=dlse_arg is not None,
+    )  # fmt: skip
     bm, bn = kv_cfg.block_m, kv_cfg.block_n
     operands = _operands(kv_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
     outputs = _operands(kv_tiles, (dk, bn, d), (dv, bn, dv_dim))
-    atomic_dq = _atomic_dq()
     dq_acc = torch.zeros(b, hq, sq, common["BLOCK_D"], dtype=torch.float32, device=q.device) if atomic_dq else delta
-    kernels.attn_bwd_dkdv[(triton.cdiv(sk, kv_cfg.block_n), b * hkv)](
+    direct.launch(
+        kernels.attn_bwd_dkdv, (triton.cdiv(sk, bn), b * hkv), key,
         *operands, lse, delta, *outputs, dq_acc, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
         sq, sk, hkv, call.head_dim, call.head_dim_v,
-        BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n, TILES=kv_tiles, ATOMIC_DQ=atomic_dq,
+        BLOCK_M=bm, BLOCK_N=bn, TILES=kv_tiles, ATOMIC_DQ=atomic_dq,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
     )  # fmt: skip
     if atomic_dq:
@@ -401,10 +461,28 @@ def backward(
     bm, bn = cfg.block_m, cfg.block_n
     operands = _operands(q_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
     (dq_operand,) = _operands(q_tiles, (dq, bm, d))
-    kernels.attn_bwd_dq[(triton.cdiv(sq, cfg.block_m), b * hq)](
+    direct.launch(
+        kernels.attn_bwd_dq, (triton.cdiv(sq, bm), b * hq), key,
         *operands, lse, delta, dq_operand, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
         sq, sk, hq, call.head_dim, call.head_dim_v,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, TILES=q_tiles,
+        BLOCK_M=bm, BLOCK_N=bn, TILES=q_tiles,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )  # fmt: skip
     return dq, dk, dv
+
+
+_bwd_plans: dict[tuple, tuple] = {}
+
+
+def _backward_plan(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, out, dout, dq, dk, dv) -> tuple:
+    """The backward's configs and tile modes for one call signature (``key`` in ``backward``)."""
+    needs_tma = _needs_tma(call, cap)
+    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32}
+    dim = max(call.head_dim, call.head_dim_v)
+    cfg = configs.pick("dq", dim, cap, loop_len=call.seqlen_k, **tuning)
+    kv_cfg = configs.pick("dkdv", dim, cap, loop_len=call.seqlen_q, **tuning)
+    kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
+    q_tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, dout, dq)
+    if needs_tma and POINTER in (kv_tiles, q_tiles):
+        raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
+    return cfg, kv_cfg, kv_tiles, q_tiles, _atomic_dq(), _common(call)
