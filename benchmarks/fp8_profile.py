@@ -10,11 +10,11 @@ to issue the call (launches, descriptors, allocations): when the host is the slo
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from functools import partial
 
+import _grid
 import torch
 
 import portattn
@@ -36,16 +36,12 @@ def _ms(fn) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seqlen", type=int, default=16384)
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--causal", action="store_true")
+    ap = _grid.parser(seqlen=16384)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--kernels", action="store_true")
     args = ap.parse_args()
     s, d = args.seqlen, args.head_dim
-    b, h = max(1, 16384 // s), 2048 // d
-    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    b, h, q, k, v = _grid.inputs(s, d)
     m = quant.signed_hadamard(d, "cuda", torch.bfloat16)
     flops = 4 * b * h * s * s * d / (2 if args.causal else 1)
     rows = {

@@ -9,27 +9,23 @@ functions with the most own time under it.
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import pstats
 import time
 
+import _grid
 import torch
 
 import portattn
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seqlen", type=int, default=1024)
-    ap.add_argument("--head-dim", type=int, default=128)
+    ap = _grid.parser()
     ap.add_argument("--precision", default=None)
-    ap.add_argument("--causal", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     s, d = args.seqlen, args.head_dim
-    b, h = max(1, 16384 // s), 2048 // d
-    q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    b, h, q, k, v = _grid.inputs(s, d)
 
     def call():
         return portattn.attention(q, k, v, precision=args.precision, causal=args.causal)
