@@ -82,6 +82,7 @@ def _operands(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list:
     return [_host_descriptor(t, rows, dim) for t, rows, dim in specs]
 
 
+_CACHE_LIMIT = 4096  # entries in each per-signature cache (descriptor templates, plans)
 _descriptor_templates: dict[tuple, object] = {}
 
 
@@ -95,13 +96,10 @@ def _host_descriptor(t: torch.Tensor, rows: int, dim: int):
 
         template = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, _block_d(dim)])
         template.base = None  # a template must not keep the first call's tensor alive
-        if len(_descriptor_templates) >= _TEMPLATE_LIMIT:
+        if len(_descriptor_templates) >= _CACHE_LIMIT:
             _descriptor_templates.clear()
         _descriptor_templates[key] = template
     return direct.rebased(template, t)
-
-
-_TEMPLATE_LIMIT = 4096
 
 
 def _aligned_bases(*tensors: torch.Tensor) -> tuple[bool, ...]:
@@ -222,7 +220,7 @@ def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.T
     plan = _gluon_plans.get(key)
     if plan is None or plan[0] != cfg:
         plan = _gluon_plan(call, cfg, q, k, v, out)
-        if len(_gluon_plans) >= _TEMPLATE_LIMIT:
+        if len(_gluon_plans) >= _CACHE_LIMIT:
             _gluon_plans.clear()
         _gluon_plans[key] = plan
     _, templates, grid, scalars, constants = plan
@@ -433,7 +431,7 @@ def backward(
     plan = _bwd_plans.get(key)
     if plan is None:
         plan = _backward_plan(call, cap, q, k, v, out, dout, dq, dk, dv)
-        if len(_bwd_plans) >= _TEMPLATE_LIMIT:
+        if len(_bwd_plans) >= _CACHE_LIMIT:
             _bwd_plans.clear()
         _bwd_plans[key] = plan
     cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common = plan
