@@ -43,6 +43,54 @@ _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_globa
 LN2 = gl.constexpr(0.6931471805599453)
 
 
+def _exp2_asm(pack: int, poly: int) -> str:
+    """PTX for ``2**x`` of ``pack`` elements, the last ``poly`` of them on the FMA units.
+
+    At head dim 64 a score costs the tensor cores as long as its exponential costs the MUFU unit
+    (16 per clock per SM each), so the softmax, not the GEMMs, sets the pace. A polynomial takes part
+    of that load to the FMA units, as FlashAttention-4 does: ``2**x = 2**floor(x) * 2**f``, ``f`` in
+    [0, 1), ``2**f`` by a cubic fitted for least maximum relative error with ``p(0) = 1`` exactly
+    (8.6e-5, under half an ulp of fp16's 9.8e-4; ``ex2.approx`` is 2**-22). floor comes from the
+    round-down add of 1.5 * 2**23 (conversions run at MUFU rate); its low bits are ``floor(x)``,
+    shifted into the exponent field. ``x`` is at most 0 here; below -127 (masked scores are -inf)
+    it is clamped to -127, where ``f = 0`` and the result is exactly 0."""
+    lines = [f"ex2.approx.ftz.f32 ${i}, ${pack + i};" for i in range(pack - poly)]
+    for i in range(pack - poly, pack):
+        lines += [
+            f"max.ftz.f32 x, ${pack + i}, 0fC2FE0000;",  # -127
+            "add.rm.ftz.f32 t, x, 0f4B400000;",  # 1.5 * 2**23 + floor(x)
+            "sub.ftz.f32 j, t, 0f4B400000;",
+            "sub.ftz.f32 f, x, j;",
+            "fma.rn.ftz.f32 p, f, 0f3D9DD565, 0f3E691BBB;",  # c3 f + c2
+            "fma.rn.ftz.f32 p, p, f, 0f3F31F32D;",  # .. + c1
+            "fma.rn.ftz.f32 p, p, f, 0f3F800000;",  # .. + 1
+            "shl.b32 e, t, 23;",
+            f"add.s32 ${i}, p, e;",
+        ]
+    return "{\n.reg .b32 x, t, j, f, p, e;\n" + "\n".join(lines) + "\n}"
+
+
+EXP2_PACK = gl.constexpr(8)
+EXP2_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
+EXP2_POLY1 = gl.constexpr(_exp2_asm(8, 1))
+EXP2_POLY2 = gl.constexpr(_exp2_asm(8, 2))
+EXP2_POLY3 = gl.constexpr(_exp2_asm(8, 3))
+
+
+@gluon.jit
+def _exp2(x, POLY: gl.constexpr):
+    """``2**x`` (``x <= 0`` or -inf), ``POLY`` of every 8 elements by the polynomial of ``_exp2_asm``."""
+    if POLY == 0:
+        return gl.exp2(x)
+    elif POLY == 1:
+        return gl.inline_asm_elementwise(EXP2_POLY1, EXP2_CONSTRAINTS, [x], gl.float32, True, EXP2_PACK)
+    elif POLY == 2:
+        return gl.inline_asm_elementwise(EXP2_POLY2, EXP2_CONSTRAINTS, [x], gl.float32, True, EXP2_PACK)
+    else:
+        gl.static_assert(POLY == 3, "POLY: 0 to 3 of every 8")
+        return gl.inline_asm_elementwise(EXP2_POLY3, EXP2_CONSTRAINTS, [x], gl.float32, True, EXP2_PACK)
+
+
 @gluon.jit
 def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, TILE_M: gl.constexpr, HAS_HI: gl.constexpr):
     """Tile ``t`` -> (first query row, batch*heads_q + head, batch, head, K/V head). Query tiles of one
@@ -78,8 +126,15 @@ def _key_blocks(row0, seqlen_k, band_hi, BLOCK_M: gl.constexpr, BLOCK_N: gl.cons
 
 
 @gluon.jit
-def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_k,
-            heads_q, band_hi, n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+def _last_row0(m0, seqlen_q, BLOCK_M: gl.constexpr, CONSUMERS: gl.constexpr):
+    """First row of the last consumer of the tile at ``m0`` that has query rows: in a short last tile
+    the others have none, and neither load nor compute anything."""
+    return m0 + BLOCK_M * gl.minimum(CONSUMERS - 1, (seqlen_q - 1 - m0) // BLOCK_M)
+
+
+@gluon.jit
+def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_q,
+            seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
             CONSUMERS: gl.constexpr):  # fmt: skip
     """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
@@ -95,7 +150,8 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
                 mbarrier.wait(q_free.index(c), (n_done & 1) ^ 1)
                 mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
                 _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(c), q_smem.index(c))
-            n_blocks, _ = _key_blocks(m0 + (CONSUMERS - 1) * BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+            last_row0 = _last_row0(m0, seqlen_q, BLOCK_M, CONSUMERS)
+            n_blocks, _ = _key_blocks(last_row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
             for i in range(n_blocks):
                 s = slot % STAGES
                 mbarrier.wait(empty_bar.index(s), ((slot // STAGES) & 1) ^ 1)
@@ -109,7 +165,7 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
 
 @gluon.jit
 def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, qk_scale, masked,
-                  HAS_HI: gl.constexpr):  # fmt: skip
+                  HAS_HI: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
     """One key block of the online softmax in base 2. ``s_raw`` ``(BLOCK_M, BLOCK_N)`` float32 raw
     ``q . k``; the running max ``m_i`` is kept unscaled (the scale is positive), so each score costs
     one fused multiply-add. Returns ``p`` (unnormalized), the new ``m_i``, ``l_i`` and ``alpha``, the
@@ -122,7 +178,7 @@ def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, qk_scale, mask
         s_raw = gl.where(keep, s_raw, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s_raw, axis=1))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new) * qk_scale  # rows that have seen nothing yet
-    p = gl.exp2(s_raw * qk_scale - gl.expand_dims(m_use, 1))
+    p = _exp2(s_raw * qk_scale - gl.expand_dims(m_use, 1), POLY)
     alpha = gl.exp2(m_i * qk_scale - m_use)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, m_new, l_i, alpha
@@ -158,7 +214,7 @@ def _pass_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.con
 def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar, v_bar,
                    empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
-                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr):  # fmt: skip
+                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
     ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated."""
     dtype: gl.constexpr = q_buf.dtype
@@ -173,9 +229,12 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
     row0 = m0 + c * BLOCK_M
     rows = row0 + gl.arange(0, BLOCK_M, layout=row_s)
     n_blocks, full_blocks = _key_blocks(row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
-    n_blocks_all, _ = _key_blocks(m0 + (CONSUMERS - 1) * BLOCK_M, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
+    n_blocks = gl.where(row0 < seqlen_q, n_blocks, 0)  # a consumer past the last query row idles
+    last_row0 = _last_row0(m0, seqlen_q, BLOCK_M, CONSUMERS)
+    n_blocks_all, _ = _key_blocks(last_row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
     n_blocks_0, _ = _key_blocks(m0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
-    n_issues_0 = gl.where(n_blocks_0 > 0, n_blocks_0 + 1, 0)  # S_0; S_i with P_{i-1} V; the last P V
+    # S_0; S_i with P_{i-1} V; the last P V; unpaired when consumer 1 idles
+    n_issues_0 = gl.where((n_blocks_0 > 0) & (last_row0 > m0), n_blocks_0 + 1, 0)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
@@ -192,7 +251,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
         turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
         s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
         p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, qk_scale,
-                                           full_blocks == 0, HAS_HI)  # fmt: skip
+                                           full_blocks == 0, HAS_HI, POLY)  # fmt: skip
         p_op = gl.convert_layout(p.to(dtype), p_layout)  # carried as 16-bit: half the registers
         for i in range(1, n_blocks):
             prev = (slot + i - 1) % STAGES
@@ -206,7 +265,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
             turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
             p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, qk_scale,
-                                               i >= full_blocks, HAS_HI)  # fmt: skip
+                                               i >= full_blocks, HAS_HI, POLY)  # fmt: skip
             acc = warpgroup_mma_wait(0, deps=(acc,))
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             mbarrier.arrive(empty_bar.index(prev), count=1)
@@ -238,7 +297,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
@@ -256,7 +315,8 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
             mbarrier.wait(q_bar.index(c), n_done & 1)
             slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
                                           v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
-                                          BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)  # fmt: skip
+                                          BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                                          POLY)  # fmt: skip
             tma.store_wait(0)
             mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
             n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
@@ -266,13 +326,14 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
 def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
                 n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                 HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-                CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):  # fmt: skip
+                CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
     BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
     cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
     ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
     heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
-    offset (key - query <= band_hi) when ``HAS_HI``."""
+    offset (key - query <= band_hi) when ``HAS_HI``; ``POLY`` of every 8 exponentials of the softmax
+    go to the FMA units (``_exp2_asm``)."""
     gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
@@ -301,11 +362,11 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI,
-                           CONSUMERS)),
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
+                           HAS_HI, CONSUMERS)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
@@ -313,12 +374,12 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
+                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES, HAS_HI,
-                           CONSUMERS)),
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
+                           HAS_HI, CONSUMERS)),
             ],
             [4, 4, 1],
             [CONSUMER_REGS, CONSUMER_REGS, 24],
