@@ -66,6 +66,7 @@ def main() -> None:
             dout = torch.randn_like(ref)
             ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
+            configs.WS_OVERRIDE.clear()  # pick_ws must see the shipped table
             ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + (FWDWS3 if d <= 64 else [])
             fwdws = [c._replace(poly=int(n)) for c in ws_space for n in args.poly.split(",")]
             spaces = {"fwd": FWD, "fwdws": fwdws, "fwd8": FWD8, "dkdv": DKDV, "dq": DQ}
