@@ -1,7 +1,7 @@
 """Sweep launch configs of ``triton_hopper`` on a GPU and print the fastest per (kernel, head dim, causal).
 
     python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
-        [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--poly 0,2] [--ws-current]
+        [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current]
 
 ``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
 Kernel ``fwd`` is the Triton forward (set ``PORTATTN_TRITON_GLUON=0`` at head dims 64 and 128, where
@@ -35,8 +35,7 @@ DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64
                            (64, 32, 4, 2), (128, 64, 4, 2), (64, 64, 4, 3), (64, 64, 4, 4),
                            (64, 128, 4, 3)]]  # fmt: skip
 
-# (block_m, block_n, stages, consumer_regs, pingpong, persistent, consumers, poly); 3 consumers fit d=64
-# only; --poly sets poly.
+# (block_m, block_n, stages, consumer_regs, pingpong, persistent, consumers); 3 consumers fit d=64 only.
 # Key blocks of 64 and 2-stage rings lost everywhere in the first sweeps (results/h100_tune_fwdws_*).
 FWDWS = [WsConfig(64, 128, 3, 240, pp, pers) for pp in (False, True) for pers in (False, True)]
 FWDWS3 = [WsConfig(64, 128, 3, 160, False, pers, 3) for pers in (False, True)]
@@ -50,8 +49,7 @@ def main() -> None:
     ap.add_argument("--head-dims", default="64,128")
     ap.add_argument("--kernels", default="fwd,dkdv,dq", help="of fwd, fwdws, fwd8 (precision='fp8'), dkdv, dq")
     ap.add_argument("--causal", default="0,1", help="0 and/or 1")
-    ap.add_argument("--poly", default="0", help="fwdws: polynomial exponentials of every 8 to try (0-3)")
-    ap.add_argument("--ws-current", action="store_true", help="fwdws: only the shipped config (with --poly)")
+    ap.add_argument("--ws-current", action="store_true", help="fwdws: only the shipped config")
     ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
@@ -68,8 +66,7 @@ def main() -> None:
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
             configs.WS_OVERRIDE.clear()  # pick_ws must see the shipped table
             ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + (FWDWS3 if d <= 64 else [])
-            fwdws = [c._replace(poly=int(n)) for c in ws_space for n in args.poly.split(",")]
-            spaces = {"fwd": FWD, "fwdws": fwdws, "fwd8": FWD8, "dkdv": DKDV, "dq": DQ}
+            spaces = {"fwd": FWD, "fwdws": ws_space, "fwd8": FWD8, "dkdv": DKDV, "dq": DQ}
             for kernel, space in spaces.items():
                 if kernel not in args.kernels.split(","):
                     continue

@@ -86,7 +86,6 @@ class WsConfig(NamedTuple):
     pingpong: bool = False  # the consumers take turns at issuing GEMMs
     persistent: bool = False  # one program per SM walks the tiles (else one program per tile)
     consumers: int = 2  # consumer warpgroups per program (3: no ping-pong, and fewer registers each)
-    poly: int = 0  # of every 8 softmax exponentials, how many a polynomial computes on the FMA units
 
 
 # sm90, 16-bit, head dim 64 or 128, no window or softcap: per (head dim, causal-type band), configs by

@@ -43,54 +43,6 @@ _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_globa
 LN2 = gl.constexpr(0.6931471805599453)
 
 
-def _exp2_asm(pack: int, poly: int) -> str:
-    """PTX for ``2**x`` of ``pack`` elements, the last ``poly`` of them on the FMA units.
-
-    At head dim 64 a score costs the tensor cores as long as its exponential costs the MUFU unit
-    (16 per clock per SM each), so the softmax, not the GEMMs, sets the pace. A polynomial takes part
-    of that load to the FMA units, as FlashAttention-4 does: ``2**x = 2**floor(x) * 2**f``, ``f`` in
-    [0, 1), ``2**f`` by a cubic fitted for least maximum relative error with ``p(0) = 1`` exactly
-    (8.6e-5, under half an ulp of fp16's 9.8e-4; ``ex2.approx`` is 2**-22). floor comes from the
-    round-down add of 1.5 * 2**23 (conversions run at MUFU rate); its low bits are ``floor(x)``,
-    shifted into the exponent field. ``x`` is at most 0 here; below -127 (masked scores are -inf)
-    it is clamped to -127, where ``f = 0`` and the result is exactly 0."""
-    lines = [f"ex2.approx.ftz.f32 ${i}, ${pack + i};" for i in range(pack - poly)]
-    for i in range(pack - poly, pack):
-        lines += [
-            f"max.ftz.f32 x, ${pack + i}, 0fC2FE0000;",  # -127
-            "add.rm.ftz.f32 t, x, 0f4B400000;",  # 1.5 * 2**23 + floor(x)
-            "sub.ftz.f32 j, t, 0f4B400000;",
-            "sub.ftz.f32 f, x, j;",
-            "fma.rn.ftz.f32 p, f, 0f3D9DD565, 0f3E691BBB;",  # c3 f + c2
-            "fma.rn.ftz.f32 p, p, f, 0f3F31F32D;",  # .. + c1
-            "fma.rn.ftz.f32 p, p, f, 0f3F800000;",  # .. + 1
-            "shl.b32 e, t, 23;",
-            f"add.s32 ${i}, p, e;",
-        ]
-    return "{\n.reg .b32 x, t, j, f, p, e;\n" + "\n".join(lines) + "\n}"
-
-
-EXP2_PACK = gl.constexpr(8)
-EXP2_CONSTRAINTS = gl.constexpr(",".join(["=r"] * 8 + ["r"] * 8))
-EXP2_POLY1 = gl.constexpr(_exp2_asm(8, 1))
-EXP2_POLY2 = gl.constexpr(_exp2_asm(8, 2))
-EXP2_POLY3 = gl.constexpr(_exp2_asm(8, 3))
-
-
-@gluon.jit
-def _exp2(x, POLY: gl.constexpr):
-    """``2**x`` (``x <= 0`` or -inf), ``POLY`` of every 8 elements by the polynomial of ``_exp2_asm``."""
-    if POLY == 0:
-        return gl.exp2(x)
-    elif POLY == 1:
-        return gl.inline_asm_elementwise(EXP2_POLY1, EXP2_CONSTRAINTS, [x], gl.float32, True, EXP2_PACK)
-    elif POLY == 2:
-        return gl.inline_asm_elementwise(EXP2_POLY2, EXP2_CONSTRAINTS, [x], gl.float32, True, EXP2_PACK)
-    else:
-        gl.static_assert(POLY == 3, "POLY: 0 to 3 of every 8")
-        return gl.inline_asm_elementwise(EXP2_POLY3, EXP2_CONSTRAINTS, [x], gl.float32, True, EXP2_PACK)
-
-
 @gluon.jit
 def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, TILE_M: gl.constexpr, HAS_HI: gl.constexpr):
     """Tile ``t`` -> (first query row, batch*heads_q + head, batch, head, K/V head). Query tiles of one
@@ -165,7 +117,7 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
 
 @gluon.jit
 def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, qk_scale, masked,
-                  HAS_HI: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
+                  HAS_HI: gl.constexpr):  # fmt: skip
     """One key block of the online softmax in base 2. ``s_raw`` ``(BLOCK_M, BLOCK_N)`` float32 raw
     ``q . k``; the running max ``m_i`` is kept unscaled (the scale is positive), so each score costs
     one fused multiply-add. Returns ``p`` (unnormalized), the new ``m_i``, ``l_i`` and ``alpha``, the
@@ -178,7 +130,7 @@ def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, qk_scale, mask
         s_raw = gl.where(keep, s_raw, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s_raw, axis=1))
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new) * qk_scale  # rows that have seen nothing yet
-    p = _exp2(s_raw * qk_scale - gl.expand_dims(m_use, 1), POLY)
+    p = gl.exp2(s_raw * qk_scale - gl.expand_dims(m_use, 1))
     alpha = gl.exp2(m_i * qk_scale - m_use)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, m_new, l_i, alpha
@@ -214,7 +166,7 @@ def _pass_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.con
 def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar, v_bar,
                    empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
-                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
+                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
     ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated."""
     dtype: gl.constexpr = q_buf.dtype
@@ -251,7 +203,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
         turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
         s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
         p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, qk_scale,
-                                           full_blocks == 0, HAS_HI, POLY)  # fmt: skip
+                                           full_blocks == 0, HAS_HI)  # fmt: skip
         p_op = gl.convert_layout(p.to(dtype), p_layout)  # carried as 16-bit: half the registers
         for i in range(1, n_blocks):
             prev = (slot + i - 1) % STAGES
@@ -265,7 +217,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
             turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
             p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, qk_scale,
-                                               i >= full_blocks, HAS_HI, POLY)  # fmt: skip
+                                               i >= full_blocks, HAS_HI)  # fmt: skip
             acc = warpgroup_mma_wait(0, deps=(acc,))
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             mbarrier.arrive(empty_bar.index(prev), count=1)
@@ -297,7 +249,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
@@ -315,8 +267,7 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
             mbarrier.wait(q_bar.index(c), n_done & 1)
             slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
                                           v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
-                                          BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                                          POLY)  # fmt: skip
+                                          BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)  # fmt: skip
             tma.store_wait(0)
             mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
             n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
@@ -326,14 +277,13 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
 def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
                 n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                 HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-                CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, POLY: gl.constexpr):  # fmt: skip
+                CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
     BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
     cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
     ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
     heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
-    offset (key - query <= band_hi) when ``HAS_HI``; ``POLY`` of every 8 exponentials of the softmax
-    go to the FMA units (``_exp2_asm``)."""
+    offset (key - query <= band_hi) when ``HAS_HI``."""
     gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
@@ -362,8 +312,8 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
                            HAS_HI, CONSUMERS)),
@@ -374,9 +324,9 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
-                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, POLY)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
                            HAS_HI, CONSUMERS)),

@@ -247,7 +247,7 @@ def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.
     constants = dict(
         GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
         HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
-        POLY=cfg.poly, num_warps=4,
+        num_warps=4,
     )  # fmt: skip
     return cfg, templates, (programs,), scalars, constants
 
