@@ -163,13 +163,15 @@ def _pass_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.con
 
 
 @gluon.jit
-def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar, v_bar,
-                   empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
+def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, o_buf, q_free, k_smem, v_smem, o_desc, k_bar,
+                   v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
-                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr):  # fmt: skip
+                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
-    ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated."""
-    dtype: gl.constexpr = q_buf.dtype
+    ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated. The
+    output goes out through ``o_buf``: with ``O_APART`` a buffer of its own, and Q's buffer is released
+    (``q_free``) once the last ``S`` lands; else Q's buffer, released by the caller after the store."""
+    dtype: gl.constexpr = o_buf.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])  # fmt: skip
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -222,6 +224,8 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             mbarrier.arrive(empty_bar.index(prev), count=1)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+        if O_APART:  # every S has landed: the loader may bring the next tile's Q while P V and the store run
+            mbarrier.arrive(q_free, count=1)
         prev = (slot + n_blocks - 1) % STAGES
         mbarrier.wait(v_bar.index(prev), ((slot + n_blocks - 1) // STAGES) & 1)
         _take_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
@@ -229,6 +233,8 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
         turns = _pass_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty_bar.index(prev), count=1)
+    elif O_APART:
+        mbarrier.arrive(q_free, count=1)
     # the loader streams the blocks the other warpgroup needs: release them without reading
     for i in range(n_blocks, n_blocks_all):
         s = (slot + i) % STAGES
@@ -238,9 +244,11 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     inv = gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)
     out = (acc * gl.expand_dims(inv, 1)).to(dtype)
-    q_buf.reshape([BLOCK_M, HEAD_D]).store(out)  # Q is no longer read: its buffer stages the output
+    if O_APART:
+        tma.store_wait(0)  # the previous tile's output has left the buffer
+    o_buf.reshape([BLOCK_M, HEAD_D]).store(out)
     fence_async_shared()
-    _tma_store(o_desc, [b, row0, h, 0], q_buf)
+    _tma_store(o_desc, [b, row0, h, 0], o_buf)
     lse = gl.where(empty, float("-inf"), (m_i * qk_scale + gl.log2(gl.where(empty, 1.0, l_i))) * LN2)
     gl.store(lse_ptr + bh * seqlen_q + rows, lse, mask=rows < seqlen_q)
     return slot + n_blocks_all, turns
@@ -249,14 +257,14 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, q_buf, k_smem,
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr, O_APART: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
-    (q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k,
-     heads_q, band_hi, qk_scale, n_m_tiles, n_tiles) = shared  # fmt: skip
-    q_buf = q_smem.index(c)
-    q = q_buf.reshape([BLOCK_M, HEAD_D])
+    (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q,
+     seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles) = shared  # fmt: skip
+    q = q_smem.index(c).reshape([BLOCK_M, HEAD_D])
+    o_buf = o_smem.index(c)
     slot = 0
     turns = 0
     n_done = 0
@@ -265,12 +273,15 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
         if t < n_tiles:
             m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
             mbarrier.wait(q_bar.index(c), n_done & 1)
-            slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, q_buf, k_smem, v_smem, o_desc, k_bar,
-                                          v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale,
-                                          BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)  # fmt: skip
-            tma.store_wait(0)
-            mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
+            slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, o_buf, q_free.index(c), k_smem, v_smem,
+                                          o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k,
+                                          band_hi, qk_scale, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG,
+                                          CONSUMERS, O_APART)  # fmt: skip
+            if not O_APART:
+                tma.store_wait(0)
+                mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
             n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
+    tma.store_wait(0)  # the buffer must outlive the last store
 
 
 @gluon.jit
@@ -289,6 +300,14 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    # the output gets staging buffers of its own where shared memory has room (d=64), so that Q's can
+    # take the next tile's Q early; else Q's buffers stage it
+    ROW_BYTES: gl.constexpr = HEAD_D * dtype.primitive_bitwidth // 8
+    O_APART: gl.constexpr = (2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES <= 200 * 1024
+    if O_APART:
+        o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
+    else:
+        o_smem = q_smem
     q_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     q_free = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     turn_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -306,14 +325,14 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
         mbarrier.init(empty_bar.index(s), count=CONSUMERS)  # every consumer releases each buffer
     fence_async_shared()
 
-    shared = (q_smem, k_smem, v_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q,
-              seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles)  # fmt: skip
+    shared = (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
+              seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles)  # fmt: skip
     # the partition list must be a literal: a variable holding the partition functions does not compile
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
                            HAS_HI, CONSUMERS)),
@@ -324,9 +343,9 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
-                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
+                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
                            HAS_HI, CONSUMERS)),
