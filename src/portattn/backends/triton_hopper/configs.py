@@ -94,11 +94,17 @@ class WsConfig(NamedTuple):
 # benchmarks/results/h100_tune_fwdws_2026-11-24.jsonl, the last sweep; TF/s in the comments).
 # A persistent walk (one program per SM, tiles in snake order) wins at short and middle lengths, where
 # a program's fixed costs are a large share, and loses at 16k causal, where its static walk leaves the
-# programs uneven (d=128: 627 -> 470). d=64 takes 3 consumer warpgroups except at 1k causal (207 with
-# 3 against 275 with 2). Ping-pong is within noise of off; kept where it measured best.
+# programs uneven (d=128: 627 -> 470). d=64 takes 3 consumer warpgroups except at 1k (causal: 207 with
+# 3 against 275 with 2; non-causal: 407 against 413 since d=64 releases Q early,
+# results/h100_tune_fwdws_earlyq_2026-11-24.jsonl). Ping-pong is within noise of off; kept where it
+# measured best.
 _W2, _W3 = WsConfig(64, 128, 3, 240), WsConfig(64, 128, 3, 160, consumers=3)
 SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
-    (64, False): [(4096, _W3._replace(persistent=True)), (None, _W3)],  # 388 / 482 / 530
+    (64, False): [
+        (1024, _W2._replace(persistent=True)),  # 413 against 407 with 3 consumers (2026-11-24, early Q release)
+        (4096, _W3._replace(persistent=True)),  # 523
+        (None, _W3),  # 565
+    ],
     (64, True): [
         (1024, _W2._replace(pingpong=True, persistent=True)),  # 285
         (4096, _W3._replace(persistent=True)),  # 414
