@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic  (default tests,memcheck,bench)
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic,offload  (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
 set -uo pipefail
@@ -77,5 +77,13 @@ if has atomic; then
   PORTATTN_TRITON_DQ=atomic timeout 150 $PY -m pytest -q tests/test_gpu.py -k "real_sizes" -p no:cacheprovider \
     >"$OUT/dq_atomic_tests.log" 2>&1 || status=1
   tail -1 "$OUT/dq_atomic_tests.log"
+fi
+if has offload; then
+  echo "== KV offload: the GPU tests, then 1M keys from host memory against the same keys on the device"
+  timeout 200 $PY -m pytest -q tests/test_gpu.py -k "kv_offload" -p no:cacheprovider >"$OUT/offload_tests.log" 2>&1 \
+    || status=1
+  grep -E "^(FAILED|ERROR)" "$OUT/offload_tests.log" | head -20
+  tail -1 "$OUT/offload_tests.log"
+  timeout 300 $PY benchmarks/kv_offload.py --json "$OUT/kv_offload.json" 2>&1 | tee "$OUT/kv_offload.md" || status=1
 fi
 exit $status

@@ -285,3 +285,72 @@ def test_fp8_prequantized_inputs_on_gpu():
     want = portattn.attention(qx, kx, vx, backend="reference", causal=True).double()
     err = (out.double() - want).abs()
     assert err.max() < 2**-4 * vx.abs().max() + 0.01 and err.mean() < 0.005, (err.max(), err.mean())
+
+
+# KV offload (the core's chunk loop, portattn/_offload.py): k, v in host memory, q on the GPU; a budget
+# of about 1024 keys per chunk, so that every case streams several chunks
+OFFLOAD_CASES = [
+    dict(batch=1, seqlen_q=1000, seqlen_k=5003, heads_q=8, heads_kv=2, head_dim=128, causal=True, host="pinned"),
+    dict(batch=2, seqlen_q=333, seqlen_k=4099, heads_q=4, heads_kv=4, head_dim=64, host="pinned"),  # batch-wise
+    dict(batch=2, seqlen_q=512, seqlen_k=3000, heads_q=4, heads_kv=1, head_dim=128, window=(700, 0), host="pageable"),
+    dict(batch=1, seqlen_q=2000, seqlen_k=600, heads_q=2, heads_kv=2, head_dim=64, causal=True, host="strided"),
+]
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("case", OFFLOAD_CASES, ids=[str(sorted(c.items())) for c in OFFLOAD_CASES])
+def test_kv_offload_on_gpu(case):
+    """Offloaded = in-memory (to bf16 rounding; bit for bit with one chunk) = the float64 reference."""
+    from portattn import _offload
+    from portattn.backends.reference.naive import attention_reference
+    from portattn.testing import assert_close, tolerances
+
+    case = dict(case)
+    b, sq, sk, hq, hkv, d, host = (case.pop(n) for n in ("batch", "seqlen_q", "seqlen_k", "heads_q", "heads_kv",
+                                                          "head_dim", "host"))  # fmt: skip
+    gen = torch.Generator(device="cuda").manual_seed(sk)
+    q = torch.randn(b, sq, hq, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k_dev, v_dev = (torch.randn(b, sk, hkv, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    if host == "strided":  # (batch, heads, seqlen, dim) in memory, viewed in portattn's layout
+        k, v = (t.transpose(1, 2).contiguous().cpu().transpose(1, 2) for t in (k_dev, v_dev))
+    else:
+        k, v = (t.cpu().pin_memory() if host == "pinned" else t.cpu() for t in (k_dev, v_dev))
+    budget = 2 * b * hkv * 2 * d * 2 * 1024  # two slots of 1024 keys of K and V
+    with portattn.kv_budget(budget):
+        info = portattn.explain(q, k, v, quiet=True, **case)
+        out, lse = portattn.attention(q, k, v, return_lse=True, **case)
+    assert info.chosen == "triton_hopper" and "KV offload" in (info.note or ""), str(info)
+    mem_out, mem_lse = portattn.attention(q, k_dev, v_dev, return_lse=True, backend="triton_hopper", **case)
+    ref_out, ref_lse = attention_reference(info.call, q.double(), k_dev.double(), v_dev.double())
+    atol, rtol = tolerances.forward(torch.bfloat16)
+    assert_close(out, ref_out, atol, rtol)
+    assert_close(out, mem_out, atol, rtol, what="offloaded vs in-memory")
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)), "rows that see no key: lse -inf"
+    assert_close(lse[torch.isfinite(lse)], ref_lse[torch.isfinite(ref_lse)].float(), 1e-3, 1e-3, what="lse")
+    with portattn.kv_budget(1 << 34):  # one chunk: the same kernel on the same keys
+        assert _offload.chunk_keys(info.call, 1 << 34) >= sk
+        one = portattn.attention(q, k, v, **case)
+    assert torch.equal(one, mem_out), "one chunk must equal the in-memory call bit for bit"
+
+
+@pytest.mark.hopper
+def test_kv_offload_memory_stays_within_budget():
+    """The device holds at most the budget of K/V (plus the output's float32 accumulator), whatever
+    seqlen_k is: 4x the keys, the same peak."""
+    q = torch.randn(1, 256, 8, 128, device="cuda", dtype=torch.bfloat16)
+    budget = 8 << 20
+    out_f32 = q.numel() * 4
+    peaks = []
+    for sk in (32768, 131072):  # 32 and 128 MiB of K/V against an 8 MiB budget
+        k, v = (torch.randn(1, sk, 2, 128, dtype=torch.bfloat16).pin_memory() for _ in range(2))
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with portattn.kv_budget(budget):
+            out = portattn.attention(q, k, v, causal=True)
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+        assert torch.isfinite(out).all()
+        del out
+    assert max(peaks) <= budget + 6 * out_f32, f"peak {peaks} bytes against a budget of {budget}"
+    assert abs(peaks[1] - peaks[0]) <= out_f32, f"the peak grew with seqlen_k: {peaks}"

@@ -11,6 +11,7 @@ from portattn._api import attention, explain, list_backends, sdpa
 from portattn._backend import Backend, Capabilities
 from portattn._call import AttentionCall
 from portattn._dispatch import use_backend
+from portattn._offload import kv_budget
 from portattn._registry import BackendRecord, register_backend
 from portattn.errors import NoBackendError, PluginError
 from portattn.hookspecs import hookimpl
@@ -27,6 +28,7 @@ __all__ = [
     "attention",
     "explain",
     "hookimpl",
+    "kv_budget",
     "list_backends",
     "register_backend",
     "sdpa",

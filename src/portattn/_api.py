@@ -75,7 +75,11 @@ def run(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity, bias=bias,
         precision=precision, return_lse=return_lse, backend=backend, top_left=top_left, band=band, descale=descale,
     )  # fmt: skip
-    if call.requires_grad:
+    if _call.KV_OFFLOAD in call.features:  # k, v in host memory: the core streams them (forward only)
+        from portattn import _offload
+
+        out, lse = _offload.forward(call, chosen.name, q, k, v)
+    elif call.requires_grad:
         out, lse = _AttentionFunction.apply(q, k, v, chosen, call)
     else:
         out, lse = chosen.forward(call, q, k, v)

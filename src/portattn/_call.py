@@ -163,6 +163,16 @@ def band_of(
     return (lo, hi)
 
 
+def _check_offload(requires_grad: bool, sparsity: Any, bias: Any, precision: Any) -> None:
+    """KV offload (``k``, ``v`` in host memory, ``q`` on CUDA) streams the keys through a forward."""
+    what = "k, v on the CPU with q on CUDA (KV offload)"
+    if requires_grad:
+        raise ValueError(f"{what} serves the forward only: run under torch.no_grad() or detach q, k, v")
+    for name, value in (("sparsity", sparsity), ("attn_mask (bias)", bias), ("precision", precision)):
+        if value is not None:
+            raise ValueError(f"{what} does not take {name}; got {name} {value!r:.60}")
+
+
 def normalize(
     q: Any,
     k: Any,
@@ -263,6 +273,7 @@ def normalize(
     if precision == "fp8":
         features.add(FP8)
     if k.device != q.device:
+        _check_offload(requires_grad, sparsity, bias, precision)
         features.add(KV_OFFLOAD)
     if bias is not None:
         features.add(BIAS)

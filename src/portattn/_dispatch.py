@@ -163,6 +163,15 @@ def explanation(call: AttentionCall, forced: str | None) -> Explanation:
             note, call = FP8_FALLBACK, ran
     except NoBackendError as exc:
         chosen, error = None, str(exc).splitlines()[0]
+    if _call.KV_OFFLOAD in call.features:
+        from portattn import _offload
+
+        budget = _offload.budget_bytes()
+        note = (
+            f"KV offload: k, v stream from host memory in chunks of {_offload.chunk_keys(call, budget)} keys "
+            f"(device budget {budget / 2**20:.0f} MiB for two chunk buffers; set by portattn.kv_budget "
+            f"or {_offload.BUDGET_ENV})"
+        )
     rows = []
     for entry in reg.ordered:
         b = entry.backend

@@ -25,7 +25,7 @@ class PortableBackend(Backend):
     priority = 100
     description = "tiled online-softmax in plain torch, any device, O(seqlen) extra memory"
     capabilities = Capabilities(
-        features=frozenset(_call.FEATURES) - {_call.FP8, _call.KV_OFFLOAD},
+        features=frozenset(_call.FEATURES) - {_call.FP8},
         sparsity=None,  # every pattern can produce its tile masks
     )
 

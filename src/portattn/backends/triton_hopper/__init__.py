@@ -56,6 +56,7 @@ class TritonHopperBackend(Backend):
                 _call.LSE_BACKWARD,
                 _call.HEAD_DIM_V,
                 _call.FP8,
+                _call.KV_OFFLOAD,  # the core streams host K/V through the forward (portattn/_offload.py)
             }
         ),  # fmt: skip
     )
