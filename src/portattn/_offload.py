@@ -121,7 +121,7 @@ class LseMerge:
         none = new == float("-inf")
         w_old = torch.where(none, 0.0, torch.exp(self.lse - new)).transpose(1, 2).unsqueeze(-1)
         w_new = torch.where(none, 0.0, torch.exp(lse - new)).transpose(1, 2).unsqueeze(-1)
-        self.acc.mul_(w_old).add_(out.float() * w_new)
+        self.acc.mul_(w_old).addcmul_(out, w_new)  # no float32 copy of the part
         self.lse = new
 
     def result(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
