@@ -354,3 +354,17 @@ def test_kv_offload_memory_stays_within_budget():
         del out
     assert max(peaks) <= budget + 6 * out_f32, f"peak {peaks} bytes against a budget of {budget}"
     assert abs(peaks[1] - peaks[0]) <= out_f32, f"the peak grew with seqlen_k: {peaks}"
+
+
+# cuda_volta on a newer GPU as the stand-in for Volta (its source uses sm70 instructions only; the
+# CPU tests check the PTX): fp16 forward and lse against the reference, poisoned outputs
+VOLTA_CASES = [c for c in REAL + GLUON_CASES if c.head_dim in (64, 128) and c.softcap is None]
+
+
+@pytest.mark.parametrize("case", VOLTA_CASES, ids=[c.name for c in VOLTA_CASES])
+def test_cuda_volta_on_gpu(case):
+    if "cuda_volta" not in _backends():
+        pytest.skip("cuda_volta is not available here or not selected (PORTATTN_GPU_TEST_BACKENDS)")
+    result = run_case("cuda_volta", case, device="cuda", dtype=torch.float16)
+    result.raise_for_failure()
+    assert result.status == "pass", result.message

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 def portattn_backends() -> list[Backend]:
     from portattn.backends.ascend import AscendBackend
     from portattn.backends.cuda_ampere import CudaAmpereBackend
+    from portattn.backends.cuda_volta import CudaVoltaBackend
     from portattn.backends.portable import PortableBackend
     from portattn.backends.reference import ReferenceBackend
     from portattn.backends.sdpa import SdpaBackend
@@ -22,6 +23,7 @@ def portattn_backends() -> list[Backend]:
     return [
         TritonHopperBackend(),
         CudaAmpereBackend(),
+        CudaVoltaBackend(),
         AscendBackend(),
         PortableBackend(),
         SdpaBackend(),

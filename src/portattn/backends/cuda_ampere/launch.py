@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
-import cupy
 import torch
 
 from portattn import _alloc
 from portattn._call import AttentionCall
+from portattn.backends import cupy_launch
 from portattn.backends.cuda_ampere import plan
-
-
-@functools.cache
-def _kernel(name: str, device_index: int) -> cupy.RawKernel:
-    with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(code=plan.source(), options=plan.NVRTC_OPTIONS, name_expressions=(name,))
-        kernel = module.get_function(name)  # NVRTC runs here, or CuPy's disk cache answers
-    return kernel
 
 
 def forward(
@@ -35,12 +25,7 @@ def forward(
 
 
 def _run(*launches: plan.Launch, device: torch.device) -> None:
-    with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
-        for launch in launches:
-            kernel = _kernel(launch.name, device.index)
-            if kernel.max_dynamic_shared_size_bytes < launch.smem_bytes:  # above 48 KB needs the opt-in
-                kernel.max_dynamic_shared_size_bytes = launch.smem_bytes
-            kernel(launch.grid, (launch.threads,), launch.args, shared_mem=launch.smem_bytes)
+    cupy_launch.run(plan.source(), plan.NVRTC_OPTIONS, *launches, device=device)
 
 
 def backward(

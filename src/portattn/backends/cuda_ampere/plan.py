@@ -13,14 +13,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from portattn import _alloc
 from portattn._call import AttentionCall
+from portattn.backends.cuda_source import LOG2E, NVRTC_OPTIONS, Launch, inline_headers, rows_aligned
+from portattn.backends.cuda_source import bsh as _bsh
+
+__all__ = ["LOG2E", "NVRTC_OPTIONS", "Launch", "rows_aligned"]  # re-exported: the launch and tests use them
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("common.cuh", "flash_fwd.cuh", "flash_bwd.cuh")  # in include order
-LOG2E = 1.4426950408889634
-# exp2f, tanhf and log2f as the hardware's approximations (ex2.approx etc.), as flash-attn compiles
-NVRTC_OPTIONS = ("-std=c++17", "--use_fast_math")
 CPP_TYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 
 
@@ -41,13 +41,8 @@ class FwdConfig(NamedTuple):
 
 @functools.cache  # read once per process, not once per template instance
 def source() -> str:
-    """The kernels as one translation unit with the headers inlined: CuPy's disk cache keys on this
-    text, so an edit to any header compiles afresh."""
-    parts = []
-    for name in SOURCES:
-        lines = (CSRC / name).read_text().splitlines()
-        parts.append("\n".join(line for line in lines if not line.startswith(('#include "', "#pragma once"))))
-    return "\n".join(parts)
+    """The kernels as one translation unit with the headers inlined."""
+    return inline_headers(CSRC, SOURCES)
 
 
 CONFIG_ENV = "PORTATTN_CUDA_AMPERE_FWD"  # "block_m,block_n": overrides the table, for tuning
@@ -103,24 +98,6 @@ def bwd_config(head_dim: int) -> BwdConfig:
     registers without spilling (ptxas, sm_80: 64-query steps spill 180 bytes)."""
     width = 64 if head_dim <= 64 else 128
     return BwdConfig(width, 32 if width == 128 else 64, 64)
-
-
-def rows_aligned(t: torch.Tensor) -> torch.Tensor:
-    """cp.async moves 16-byte chunks: the last dim contiguous, the base and every row 16-byte aligned.
-    Other layouts are copied once (the kernel could not read them)."""
-    return t if _alloc.rows_16b_aligned(t) else t.contiguous()
-
-
-class Launch(NamedTuple):
-    name: str
-    grid: tuple[int, int]
-    threads: int
-    smem_bytes: int
-    args: tuple
-
-
-def _bsh(t: torch.Tensor) -> tuple[int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2)
 
 
 def _scalars(call: AttentionCall) -> tuple:

@@ -1,0 +1,55 @@
+"""``cuda_volta``: a FlashAttention-2 forward with Volta's instructions only (sm70: WMMA m16n16k16 in
+fp16, plain loads), compiled at run time through CuPy (NVRTC). Chosen on sm70-sm75, where neither
+``triton_hopper`` nor ``cuda_ampere`` runs; on newer GPUs it ranks below them.
+
+This module holds the capabilities and checks only; cupy is imported when the backend first runs.
+Forward only so far: calls that need a gradient go to a backend with a backward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from portattn import _call
+from portattn._backend import Backend, Capabilities
+
+if TYPE_CHECKING:
+    from portattn._call import AttentionCall
+
+HEAD_DIMS = (64, 128)  # the kernel's tile widths; smaller head dims are zero-padded to 64 in shared memory
+
+
+class CudaVoltaBackend(Backend):
+    """WMMA m16n16k16 (fp16, fp32 accumulation); S and P through shared memory; 64x64 tiles."""
+
+    name = "cuda_volta"
+    priority = 200  # below cuda_ampere (250) and triton_hopper (300), which need sm80
+    description = "CUDA FlashAttention-2 forward with sm70 instructions only (WMMA), compiled through CuPy/NVRTC"
+    capabilities = Capabilities(
+        devices=frozenset({"cuda"}),
+        compute_capability=((7, 0), None),
+        dtypes=frozenset({torch.float16}),  # Volta has no bf16; fp32 inputs would lose precision in fp16 MMAs
+        max_head_dim=max(HEAD_DIMS),
+        features=frozenset({_call.CAUSAL, _call.WINDOW, _call.GQA, _call.LSE, _call.KV_OFFLOAD}),
+    )
+
+    def available(self) -> str | None:
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        try:
+            import cupy  # noqa: F401
+        except Exception as exc:  # missing, or no driver / toolkit it can load
+            return f"cupy is not importable ({type(exc).__name__}: {exc}); pip install 'portattn[cuda]'"
+        return None
+
+    def extra_reasons(self, call: AttentionCall) -> list[str]:
+        if call.head_dim % 8:
+            return [f"head_dim must be a multiple of 8 (16-byte loads), got {call.head_dim}"]
+        return []
+
+    def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        from portattn.backends.cuda_volta import launch
+
+        return launch.forward(call, q, k, v)

@@ -1,0 +1,260 @@
+// FlashAttention-2 forward with Volta's instructions only (sm70): warp-wide WMMA m16n16k16 in fp16
+// with fp32 accumulation (issued as PTX `wmma.*`, so that no CUDA header is needed), plain 16-byte
+// loads (sm70 has no cp.async or ldmatrix), fp16 only (no bf16 on sm70).
+//
+// One thread block: 64 query rows of one (batch, query head), 4 warps of 16 rows each. Per 64-key
+// block: K and V into shared memory; each warp computes its S = Q K^T (four 16x16 tiles) and stores
+// it to shared memory, where a pair of lanes per row runs the online softmax (the WMMA accumulator's
+// element order is unspecified, so rows are read back from memory) and writes P in fp16; then O +=
+// P V stays in WMMA accumulators, rescaled by each row's correction through a row map read once from
+// a fragment loaded from a matrix of row numbers. Shared-memory rows are padded by 16 bytes so that
+// the 8 rows one WMMA load touches fall in different banks, and every fragment base is 32-byte aligned.
+//
+// Tensors are (batch, seqlen, heads, <= HEAD_DIM) with a contiguous last dim and 16-byte aligned
+// rows; `dim` (a multiple of 8) is the real head dim, the rest is zero-filled in shared memory. out
+// is (batch, seqlen_q, heads_q, dim); lse float32 (batch, heads_q, seqlen_q).
+#pragma once
+
+#include <cuda_fp16.h>
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+namespace portattn_sm70 {
+
+using u32 = unsigned int;
+constexpr int BLOCK_M = 64;  // query rows per block: 4 warps x 16
+constexpr int BLOCK_N = 64;  // keys per block
+constexpr int THREADS = 128;
+
+struct FragAB {  // a 16x16 fp16 operand: 16 halves per lane
+  u32 x[8];
+};
+struct FragC {  // a 16x16 fp32 accumulator: 8 floats per lane, order unspecified
+  float x[8];
+};
+
+// `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes
+__device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
+  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+               : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                 "=r"(f.x[6]), "=r"(f.x[7])
+               : "l"(p), "r"(ld)
+               : "memory");
+}
+
+template <bool COL>  // COL: B(k, n) at p[n * ld + k] (K read as K^T); else at p[k * ld + n]
+__device__ __forceinline__ void load_b(FragAB& f, const __half* p, int ld) {
+  if (COL) {
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                   "=r"(f.x[6]), "=r"(f.x[7])
+                 : "l"(p), "r"(ld)
+                 : "memory");
+  } else {
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                   "=r"(f.x[6]), "=r"(f.x[7])
+                 : "l"(p), "r"(ld)
+                 : "memory");
+  }
+}
+
+__device__ __forceinline__ void load_c_row(FragC& f, const float* p, int ld) {
+  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+               : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]),
+                 "=f"(f.x[6]), "=f"(f.x[7])
+               : "l"(p), "r"(ld)
+               : "memory");
+}
+
+__device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
+  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
+               ::"l"(p), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]), "f"(f.x[5]),
+                 "f"(f.x[6]), "f"(f.x[7]), "r"(ld)
+               : "memory");
+}
+
+template <bool B_COL>  // d += a b
+__device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) {
+#define PORTATTN_SM70_MMA(LAYOUT)                                                                           \
+  asm volatile("wmma.mma.sync.aligned.row." LAYOUT ".m16n16k16.f32.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, " \
+               "{%8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19, %20, %21, %22, %23}, "        \
+               "{%0, %1, %2, %3, %4, %5, %6, %7};\n"                                                       \
+               : "+f"(d.x[0]), "+f"(d.x[1]), "+f"(d.x[2]), "+f"(d.x[3]), "+f"(d.x[4]), "+f"(d.x[5]),       \
+                 "+f"(d.x[6]), "+f"(d.x[7])                                                                \
+               : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(a.x[4]), "r"(a.x[5]),             \
+                 "r"(a.x[6]), "r"(a.x[7]), "r"(b.x[0]), "r"(b.x[1]), "r"(b.x[2]), "r"(b.x[3]),             \
+                 "r"(b.x[4]), "r"(b.x[5]), "r"(b.x[6]), "r"(b.x[7]))
+  if (B_COL) {
+    PORTATTN_SM70_MMA("col");
+  } else {
+    PORTATTN_SM70_MMA("row");
+  }
+#undef PORTATTN_SM70_MMA
+}
+
+// Rows [row0, row0 + ROWS) of one head into a padded tile (LD halves per row); rows past `seqlen`
+// and columns past `dim` are zero-filled.
+template <int ROWS, int HEAD_DIM, int LD>
+__device__ __forceinline__ void load_tile(__half* tile, const __half* head, long long stride, int row0, int seqlen,
+                                          int dim, int tid) {
+  constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
+    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row0 + r < seqlen && c < dim) val = *reinterpret_cast<const uint4*>(head + (row0 + r) * stride + c);
+    *reinterpret_cast<uint4*>(tile + r * LD + c) = val;
+  }
+}
+
+template <int HEAD_DIM, bool HAS_LO, bool HAS_HI>
+__global__ void __launch_bounds__(128)
+flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, float* lse,
+               long long q_stride_b, long long q_stride_s, long long q_stride_h,
+               long long k_stride_b, long long k_stride_s, long long k_stride_h,
+               long long v_stride_b, long long v_stride_s, long long v_stride_h,
+               long long o_stride_b, long long o_stride_s, long long o_stride_h,
+               int seqlen_q, int seqlen_k, int heads_q, int group, int dim, int band_lo, int band_hi,
+               float scale_log2) {
+  constexpr int LD = HEAD_DIM + 8;                                 // halves per Q/K/V row
+  constexpr int LDS = (BLOCK_N > HEAD_DIM ? BLOCK_N : HEAD_DIM) + 4;  // floats per S (and O staging) row
+  constexpr int LDP = BLOCK_N + 8;                                 // halves per P row
+  constexpr int O_TILES = HEAD_DIM / 16;
+  static_assert(HEAD_DIM % 16 == 0, "16-wide WMMA tiles");
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __half* q_s = reinterpret_cast<__half*>(smem_raw);
+  __half* k_s = q_s + BLOCK_M * LD;
+  __half* v_s = k_s + BLOCK_N * LD;
+  float* s_s = reinterpret_cast<float*>(v_s + BLOCK_N * LD);
+  __half* p_s = reinterpret_cast<__half*>(s_s + BLOCK_M * LDS);
+  float* alpha_s = reinterpret_cast<float*>(p_s + BLOCK_M * LDP);
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int m0 = blockIdx.x * BLOCK_M;
+  const int bh = blockIdx.y, b = bh / heads_q, h = bh % heads_q, hk = h / group;
+  const __half* q_head = q + b * q_stride_b + h * q_stride_h;
+  const __half* k_head = k + b * k_stride_b + hk * k_stride_h;
+  const __half* v_head = v + b * v_stride_b + hk * v_stride_h;
+  const int wr = warp * 16;                     // the warp's first row in the block
+  const int r = wr + lane / 2, c0 = (lane % 2) * (BLOCK_N / 2);  // this lane's softmax row and columns
+  const int row = m0 + r;
+
+  // the row of each accumulator element of this lane (the same for every 16x16 fp32 fragment)
+  float* scratch = s_s + wr * LDS;
+  for (int i = lane; i < 16 * 16; i += 32) scratch[(i / 16) * LDS + i % 16] = static_cast<float>(i / 16);
+  __syncwarp();
+  FragC rows;
+  load_c_row(rows, scratch, LDS);
+  int row_of[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) row_of[i] = wr + static_cast<int>(rows.x[i]);
+
+  load_tile<BLOCK_M, HEAD_DIM, LD>(q_s, q_head, q_stride_s, m0, seqlen_q, dim, tid);
+
+  int first = 0, last = seqlen_k;  // the key range this block can see
+  if (HAS_LO) first = max(m0 + band_lo, 0) / BLOCK_N * BLOCK_N;
+  if (HAS_HI) last = min(m0 + BLOCK_M - 1 + band_hi + 1, seqlen_k);
+
+  FragC o[O_TILES];
+#pragma unroll
+  for (int j = 0; j < O_TILES; ++j)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o[j].x[i] = 0.f;
+  float m_i = -INFINITY, l_i = 0.f;
+
+  for (int n0 = first; n0 < last; n0 += BLOCK_N) {
+    __syncthreads();  // every warp is done with the previous K, V (and Q is stored, the first time)
+    load_tile<BLOCK_N, HEAD_DIM, LD>(k_s, k_head, k_stride_s, n0, seqlen_k, dim, tid);
+    load_tile<BLOCK_N, HEAD_DIM, LD>(v_s, v_head, v_stride_s, n0, seqlen_k, dim, tid);
+    __syncthreads();
+
+    // S = Q K^T for the warp's 16 rows, to shared memory
+#pragma unroll
+    for (int j = 0; j < BLOCK_N / 16; ++j) {
+      FragC s;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s.x[i] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+        FragAB a, bf;
+        load_a_row(a, q_s + wr * LD + kk * 16, LD);
+        load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
+        mma<true>(s, a, bf);
+      }
+      store_d_row(s_s + wr * LDS + j * 16, s, LDS);
+    }
+    __syncwarp();
+
+    // online softmax in base 2: two lanes per row, half the keys each
+    float* s_row = s_s + r * LDS + c0;
+    float mx = m_i;
+#pragma unroll 8
+    for (int c = 0; c < BLOCK_N / 2; ++c) {
+      const int key = n0 + c0 + c;
+      bool ok = key < seqlen_k;
+      if (HAS_LO) ok = ok && key - row >= band_lo;
+      if (HAS_HI) ok = ok && key - row <= band_hi;
+      const float x = ok ? s_row[c] * scale_log2 : -INFINITY;
+      s_row[c] = x;
+      mx = fmaxf(mx, x);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+    const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
+    const float alpha = exp2f(m_i - m_use);
+    m_i = mx;
+    float sum = 0.f;
+    __half* p_row = p_s + r * LDP + c0;
+#pragma unroll 8
+    for (int c = 0; c < BLOCK_N / 2; c += 2) {
+      const float p0 = exp2f(s_row[c] - m_use), p1 = exp2f(s_row[c + 1] - m_use);
+      sum += p0 + p1;
+      *reinterpret_cast<__half2*>(p_row + c) = __floats2half2_rn(p0, p1);
+    }
+    sum += __shfl_xor_sync(0xffffffff, sum, 1);
+    l_i = l_i * alpha + sum;
+    if (lane % 2 == 0) alpha_s[r] = alpha;
+    __syncwarp();
+
+    // O = O * alpha + P V
+#pragma unroll
+    for (int j = 0; j < O_TILES; ++j)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) o[j].x[i] *= alpha_s[row_of[i]];
+#pragma unroll
+    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+      FragAB a;
+      load_a_row(a, p_s + wr * LDP + kk * 16, LDP);
+#pragma unroll
+      for (int j = 0; j < O_TILES; ++j) {
+        FragAB bf;
+        load_b<false>(bf, v_s + kk * 16 * LD + j * 16, LD);
+        mma<false>(o[j], a, bf);
+      }
+    }
+  }
+
+  // O through shared memory (the warp's own rows), normalized by 1/l; rows that saw no key: 0, lse -inf
+  __syncwarp();
+#pragma unroll
+  for (int j = 0; j < O_TILES; ++j) store_d_row(s_s + wr * LDS + j * 16, o[j], LDS);
+  __syncwarp();
+  if (row < seqlen_q) {
+    const float inv = l_i > 0.f ? 1.f / l_i : 0.f;
+    __half* o_row = out + b * o_stride_b + h * o_stride_h + row * o_stride_s;
+    const int half = HEAD_DIM / 2, cbeg = (lane % 2) * half;
+    for (int c = cbeg; c < cbeg + half && c < dim; c += 2) {
+      *reinterpret_cast<__half2*>(o_row + c) =
+          __floats2half2_rn(s_s[r * LDS + c] * inv, s_s[r * LDS + c + 1] * inv);
+    }
+    if (lane % 2 == 0) {
+      const float m = m_i == -INFINITY ? 0.f : m_i;
+      lse[static_cast<long long>(bh) * seqlen_q + row] = l_i > 0.f ? (m + log2f(l_i)) * 0.6931471805599453f : -INFINITY;
+    }
+  }
+}
+
+}  // namespace portattn_sm70

@@ -1,0 +1,118 @@
+"""``cuda_volta`` on a CPU-only machine: the kernel compiles with ``nvcc`` (warnings are errors) and
+its PTX holds Volta's instructions only; the host-side plan (template instance, shared memory,
+argument list against the kernel's own parameter list) and the backend's reasons are right. The GPU
+runs it in test_gpu.py."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from portattn._call import normalize
+from portattn.backends.cuda_volta import CudaVoltaBackend, plan
+
+NVCC = shutil.which("nvcc")
+# instruction families newer than sm70: cp.async (sm80), ldmatrix (sm75), the m16n8k* MMAs and bf16
+# (sm80), movmatrix/stmatrix, mbarrier/TMA/wgmma/setmaxnreg (sm90), redux (sm80)
+NEWER_THAN_SM70 = ("cp.async", "ldmatrix", "stmatrix", "movmatrix", ".m16n8k", "bf16", "mbarrier", "wgmma",
+                   "setmaxnreg", "cp.reduce", "redux", "elect")  # fmt: skip
+
+
+def _call(q, k, v, **kw):
+    return normalize(q, k, v, causal=kw.get("causal", False), window=kw.get("window"), scale=None, softcap=None,
+                     sparsity=None, bias=None, precision=None, return_lse=True, top_left=False)  # fmt: skip
+
+
+def _unit(tmp_path):
+    refs = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in plan.all_instances())
+    unit = tmp_path / "unit.cu"
+    unit.write_text(plan.source() + f"\nconst void* portattn_instances[] = {{\n{refs}\n}};\n")
+    return unit
+
+
+def _archs() -> set[str]:
+    out = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True, timeout=60).stdout
+    return set(out.split())
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI machines have it)")
+@pytest.mark.parametrize("arch", ["sm_70", "sm_75", "sm_80", "sm_90"])
+def test_sources_compile_with_nvcc(tmp_path, arch):
+    if f"compute_{arch[3:]}" not in _archs():  # CUDA 13 dropped sm_70; the PTX test below covers it
+        pytest.skip(f"this nvcc cannot target {arch} (nvcc --list-gpu-arch)")
+    options = [o.replace("--use_fast_math", "-use_fast_math") for o in plan.NVRTC_OPTIONS]
+    cmd = [NVCC, *options, f"-arch={arch}", "-Werror", "all-warnings", "-c", str(_unit(tmp_path)), "-o", "/dev/null"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI machines have it)")
+def test_ptx_uses_volta_instructions_only(tmp_path):
+    """The PTX for the oldest target this nvcc has (compute_70, or compute_75 from CUDA 13 on) holds
+    no instruction newer than sm70, and its MMAs are WMMA m16n16k16 on fp16 with fp32 accumulation."""
+    arch = min((a for a in _archs() if a.startswith("compute_")), key=lambda a: int(a.split("_")[1]))
+    assert int(arch.split("_")[1]) <= 75, f"the oldest target of this nvcc is {arch}"
+    ptx_path = tmp_path / "unit.ptx"
+    options = [o.replace("--use_fast_math", "-use_fast_math") for o in plan.NVRTC_OPTIONS]
+    cmd = [NVCC, *options, f"-arch={arch}", "-ptx", str(_unit(tmp_path)), "-o", str(ptx_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ptx = ptx_path.read_text()
+    code = "\n".join(line.split("//")[0] for line in ptx.splitlines())  # comments may name anything
+    for family in NEWER_THAN_SM70:
+        assert family not in code, f"{family} is newer than sm70"
+    mmas = set(re.findall(r"\bwmma\.mma\.sync\.aligned\.[\w.]+", code))
+    assert mmas == {
+        "wmma.mma.sync.aligned.row.col.m16n16k16.f32.f32",
+        "wmma.mma.sync.aligned.row.row.m16n16k16.f32.f32",
+    }, mmas
+    loads = set(re.findall(r"\bwmma\.load\.[ab]\.sync\.aligned\.[\w.]+", code))
+    assert loads and all(x.endswith("m16n16k16.f16") for x in loads), loads
+    assert len(re.findall(r"^\.(?:visible )?\.entry", ptx, re.M)) == len(plan.all_instances())
+
+
+def _kernel_params() -> list[str]:
+    text = (plan.CSRC / "flash_fwd_sm70.cuh").read_text()
+    signature = re.search(r"\nflash_fwd_sm70\((.*?)\)\s*\{", text, re.S).group(1)
+    return [" ".join(p.split()[:-1]) for p in signature.split(",")]
+
+
+def test_argument_list_matches_the_kernel_parameters():
+    """CuPy does not check arguments: each must have the C type of its parameter, in order."""
+    q, k, v = torch.randn(2, 33, 4, 40, dtype=torch.float16), *torch.randn(2, 2, 50, 2, 40, dtype=torch.float16)
+    out, lse = torch.empty_like(q), torch.empty(2, 4, 33)
+    launch = plan.fwd_launch(_call(q, k, v, causal=True), q, k, v, out, lse)
+    params = _kernel_params()
+    assert len(launch.args) == len(params)
+    for arg, param in zip(launch.args, params, strict=True):
+        if param.endswith("*") or param == "long long":
+            assert type(arg) is int, param
+        elif param == "int":
+            assert arg.dtype == "int32", param
+        else:
+            assert param == "float" and arg.dtype == "float32", param
+    assert launch.name == "portattn_sm70::flash_fwd_sm70<64, false, true>"
+    assert launch.grid == (1, 8) and launch.threads == 128
+    assert launch.args[-4:-1] == (40, 0, 17)  # dim, no lower band, causal offset 50 - 33
+
+
+def test_shared_memory_fits_a_volta_block():
+    for d in (64, 128):
+        assert plan.smem_bytes(d) <= plan.MAX_SMEM
+
+
+def test_reasons():
+    """fp16 only, head dims multiple of 8 up to 128, head_dim_v == head_dim, forward only."""
+    backend = CudaVoltaBackend()
+    fp16 = torch.float16
+    q, k, v = (torch.randn(1, 8, 2, 64, dtype=fp16) for _ in range(3))
+    assert backend.extra_reasons(_call(q, k, v)) == []
+    caps = backend.capabilities
+    assert caps.dtypes == frozenset({fp16}) and caps.max_head_dim == 128
+    assert "backward" not in caps.features and "kv_offload" in caps.features and "head_dim_v" not in caps.features
+    odd = (torch.randn(1, 8, 2, 36, dtype=fp16) for _ in range(3))
+    assert "multiple of 8" in backend.extra_reasons(_call(*odd))[0]
