@@ -159,6 +159,11 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   if (HAS_LO) first = max(m0 + band_lo, 0) / BLOCK_N * BLOCK_N;
   if (HAS_HI) last = min(m0 + BLOCK_M - 1 + band_hi + 1, seqlen_k);
 
+  __syncthreads();  // Q is in shared memory: its fragments stay in registers for the whole loop
+  FragAB qf[HEAD_DIM / 16];
+#pragma unroll
+  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) load_a_row(qf[kk], q_s + wr * LD + kk * 16, LD);
+
   FragC o[O_TILES];
 #pragma unroll
   for (int j = 0; j < O_TILES; ++j)
@@ -167,7 +172,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   float m_i = -INFINITY, l_i = 0.f;
 
   for (int n0 = first; n0 < last; n0 += BLOCK_N) {
-    __syncthreads();  // every warp is done with the previous K, V (and Q is stored, the first time)
+    __syncthreads();  // every warp is done with the previous K and V
     load_tile<BLOCK_N, HEAD_DIM, LD>(k_s, k_head, k_stride_s, n0, seqlen_k, dim, tid);
     load_tile<BLOCK_N, HEAD_DIM, LD>(v_s, v_head, v_stride_s, n0, seqlen_k, dim, tid);
     __syncthreads();
@@ -180,39 +185,48 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
       for (int i = 0; i < 8; ++i) s.x[i] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-        FragAB a, bf;
-        load_a_row(a, q_s + wr * LD + kk * 16, LD);
+        FragAB bf;
         load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
-        mma<true>(s, a, bf);
+        mma<true>(s, qf[kk], bf);
       }
       store_d_row(s_s + wr * LDS + j * 16, s, LDS);
     }
     __syncwarp();
 
-    // online softmax in base 2: two lanes per row, half the keys each
-    float* s_row = s_s + r * LDS + c0;
+    // online softmax in base 2: two lanes per row, half the keys each, in registers
+    float x[BLOCK_N / 2];
+    const float4* s_row = reinterpret_cast<const float4*>(s_s + r * LDS + c0);
+#pragma unroll
+    for (int c = 0; c < BLOCK_N / 8; ++c) {
+      const float4 t = s_row[c];
+      x[4 * c] = t.x, x[4 * c + 1] = t.y, x[4 * c + 2] = t.z, x[4 * c + 3] = t.w;
+    }
+    const bool masked = n0 + BLOCK_N > seqlen_k || (HAS_LO && n0 < m0 + BLOCK_M - 1 + band_lo) ||
+                        (HAS_HI && n0 + BLOCK_N - 1 > m0 + band_hi);
     float mx = m_i;
-#pragma unroll 8
+#pragma unroll
     for (int c = 0; c < BLOCK_N / 2; ++c) {
-      const int key = n0 + c0 + c;
-      bool ok = key < seqlen_k;
-      if (HAS_LO) ok = ok && key - row >= band_lo;
-      if (HAS_HI) ok = ok && key - row <= band_hi;
-      const float x = ok ? s_row[c] * scale_log2 : -INFINITY;
-      s_row[c] = x;
-      mx = fmaxf(mx, x);
+      x[c] *= scale_log2;
+      if (masked) {
+        const int key = n0 + c0 + c;
+        bool ok = key < seqlen_k;
+        if (HAS_LO) ok = ok && key - row >= band_lo;
+        if (HAS_HI) ok = ok && key - row <= band_hi;
+        if (!ok) x[c] = -INFINITY;
+      }
+      mx = fmaxf(mx, x[c]);
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
     const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
     const float alpha = exp2f(m_i - m_use);
     m_i = mx;
     float sum = 0.f;
-    __half* p_row = p_s + r * LDP + c0;
-#pragma unroll 8
+    __half2* p_row = reinterpret_cast<__half2*>(p_s + r * LDP + c0);
+#pragma unroll
     for (int c = 0; c < BLOCK_N / 2; c += 2) {
-      const float p0 = exp2f(s_row[c] - m_use), p1 = exp2f(s_row[c + 1] - m_use);
+      const float p0 = exp2f(x[c] - m_use), p1 = exp2f(x[c + 1] - m_use);
       sum += p0 + p1;
-      *reinterpret_cast<__half2*>(p_row + c) = __floats2half2_rn(p0, p1);
+      p_row[c / 2] = __floats2half2_rn(p0, p1);
     }
     sum += __shfl_xor_sync(0xffffffff, sum, 1);
     l_i = l_i * alpha + sum;
