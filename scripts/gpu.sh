@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic,offload  (default tests,memcheck,bench)
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic,offload,volta  (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
 set -uo pipefail
@@ -85,5 +85,16 @@ if has offload; then
   grep -E "^(FAILED|ERROR)" "$OUT/offload_tests.log" | head -20
   tail -1 "$OUT/offload_tests.log"
   timeout 300 $PY benchmarks/kv_offload.py --json "$OUT/kv_offload.json" 2>&1 | tee "$OUT/kv_offload.md" || status=1
+fi
+if has volta; then
+  echo "== cuda_volta (sm70 instructions, run here as the stand-in): fp16 tests, then fwd against mem-efficient"
+  PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 240 $PY -m pytest -q tests/test_gpu.py -k "cuda_volta or battery" \
+    -p no:cacheprovider >"$OUT/volta_tests.log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)" "$OUT/volta_tests.log" | head -20
+  tail -1 "$OUT/volta_tests.log"
+  timeout 240 $PY -m portattn bench --dtype float16 --seqlens "$SEQ" --head-dims 64,128 --mode fwd --no-progress \
+    --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash --json "$OUT/volta_bench.json" \
+    >"$OUT/volta_bench.log" 2>&1 || status=1
+  $PY benchmarks/ratios.py "$OUT/volta_bench.json" | tee "$OUT/volta_table.md"
 fi
 exit $status
