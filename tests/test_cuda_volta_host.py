@@ -75,44 +75,54 @@ def test_ptx_uses_volta_instructions_only(tmp_path):
     assert len(re.findall(r"^\.(?:visible )?\.entry", ptx, re.M)) == len(plan.all_instances())
 
 
-def _kernel_params() -> list[str]:
-    text = (plan.CSRC / "flash_fwd_sm70.cuh").read_text()
-    signature = re.search(r"\nflash_fwd_sm70\((.*?)\)\s*\{", text, re.S).group(1)
+def _kernel_params(kernel: str) -> list[str]:
+    text = "\n".join((plan.CSRC / name).read_text() for name in plan.SOURCES)
+    signature = re.search(rf"\n{kernel}\((.*?)\)\s*\{{", text, re.S).group(1)
     return [" ".join(p.split()[:-1]) for p in signature.split(",")]
 
 
-def test_argument_list_matches_the_kernel_parameters():
-    """CuPy does not check arguments: each must have the C type of its parameter, in order."""
-    q, k, v = torch.randn(2, 33, 4, 40, dtype=torch.float16), *torch.randn(2, 2, 50, 2, 40, dtype=torch.float16)
-    out, lse = torch.empty_like(q), torch.empty(2, 4, 33)
-    launch = plan.fwd_launch(_call(q, k, v, causal=True), q, k, v, out, lse)
-    params = _kernel_params()
-    assert len(launch.args) == len(params)
-    for arg, param in zip(launch.args, params, strict=True):
+def _check_types(args: tuple, params: list[str]) -> None:
+    assert len(args) == len(params)
+    for arg, param in zip(args, params, strict=True):
         if param.endswith("*") or param == "long long":
-            assert type(arg) is int, param
+            assert type(arg) is int, param  # CuPy passes a Python int as a 64-bit integer
         elif param == "int":
             assert arg.dtype == "int32", param
         else:
             assert param == "float" and arg.dtype == "float32", param
+
+
+def test_argument_lists_match_the_kernel_parameters():
+    """CuPy does not check arguments: each must have the C type of its parameter, in order."""
+    q, k, v = torch.randn(2, 33, 4, 40, dtype=torch.float16), *torch.randn(2, 2, 50, 2, 40, dtype=torch.float16)
+    out, lse = torch.empty_like(q), torch.empty(2, 4, 33)
+    call = _call(q, k, v, causal=True)
+    launch = plan.fwd_launch(call, q, k, v, out, lse)
+    _check_types(launch.args, _kernel_params("flash_fwd_sm70"))
     assert launch.name == "portattn_sm70::flash_fwd_sm70<64, false, true>"
     assert launch.grid == (1, 8) and launch.threads == 128
     assert launch.args[-4:-1] == (40, 0, 17)  # dim, no lower band, causal offset 50 - 33
+    dkdv, dq = plan.bwd_launches(call, q, k, v, out, lse, lse, q, k, v)
+    _check_types(dkdv.args, _kernel_params("flash_bwd_dkdv_sm70"))
+    _check_types(dq.args, _kernel_params("flash_bwd_dq_sm70"))
+    assert dkdv.grid == (1, 4) and dq.grid == (1, 8)  # 64 keys per K/V head; 64 queries per query head
+    assert dkdv.args[-7] == 2 and dq.args[-7] == 4  # the kernel's own head count
 
 
 def test_shared_memory_fits_a_volta_block():
     for d in (64, 128):
-        assert plan.smem_bytes(d) <= plan.MAX_SMEM
+        sizes = [plan.smem_bytes(d), plan.bwd_smem_bytes(d, "dkdv"), plan.bwd_smem_bytes(d, "dq")]
+        assert max(sizes) <= plan.MAX_SMEM, sizes
 
 
 def test_reasons():
-    """fp16 only, head dims multiple of 8 up to 128, head_dim_v == head_dim, forward only."""
+    """fp16 only, head dims multiple of 8 up to 128, head_dim_v == head_dim."""
     backend = CudaVoltaBackend()
     fp16 = torch.float16
     q, k, v = (torch.randn(1, 8, 2, 64, dtype=fp16) for _ in range(3))
     assert backend.extra_reasons(_call(q, k, v)) == []
     caps = backend.capabilities
     assert caps.dtypes == frozenset({fp16}) and caps.max_head_dim == 128
-    assert "backward" not in caps.features and "kv_offload" in caps.features and "head_dim_v" not in caps.features
+    assert {"backward", "kv_offload"} <= caps.features and "head_dim_v" not in caps.features
     odd = (torch.randn(1, 8, 2, 36, dtype=fp16) for _ in range(3))
     assert "multiple of 8" in backend.extra_reasons(_call(*odd))[0]

@@ -3,7 +3,6 @@ fp16, plain loads), compiled at run time through CuPy (NVRTC). Chosen on sm70-sm
 ``triton_hopper`` nor ``cuda_ampere`` runs; on newer GPUs it ranks below them.
 
 This module holds the capabilities and checks only; cupy is imported when the backend first runs.
-Forward only so far: calls that need a gradient go to a backend with a backward.
 """
 
 from __future__ import annotations
@@ -22,17 +21,17 @@ HEAD_DIMS = (64, 128)  # the kernel's tile widths; smaller head dims are zero-pa
 
 
 class CudaVoltaBackend(Backend):
-    """WMMA m16n16k16 (fp16, fp32 accumulation); S and P through shared memory; 64x64 tiles."""
+    """WMMA m16n16k16 (fp16, fp32 accumulation); S and P through shared memory; fwd and bwd."""
 
     name = "cuda_volta"
     priority = 200  # below cuda_ampere (250) and triton_hopper (300), which need sm80
-    description = "CUDA FlashAttention-2 forward with sm70 instructions only (WMMA), compiled through CuPy/NVRTC"
+    description = "CUDA FlashAttention-2 with sm70 instructions only (WMMA), compiled through CuPy/NVRTC; fwd and bwd"
     capabilities = Capabilities(
         devices=frozenset({"cuda"}),
         compute_capability=((7, 0), None),
         dtypes=frozenset({torch.float16}),  # Volta has no bf16; fp32 inputs would lose precision in fp16 MMAs
         max_head_dim=max(HEAD_DIMS),
-        features=frozenset({_call.CAUSAL, _call.WINDOW, _call.GQA, _call.LSE, _call.KV_OFFLOAD}),
+        features=frozenset({_call.CAUSAL, _call.WINDOW, _call.GQA, _call.LSE, _call.BACKWARD, _call.KV_OFFLOAD}),
     )
 
     def available(self) -> str | None:
@@ -53,3 +52,8 @@ class CudaVoltaBackend(Backend):
         from portattn.backends.cuda_volta import launch
 
         return launch.forward(call, q, k, v)
+
+    def backward(self, call, q, k, v, out, lse, dout, dlse=None):
+        from portattn.backends.cuda_volta import launch
+
+        return launch.backward(call, q, k, v, out, lse, dout)

@@ -16,8 +16,10 @@ from portattn.backends.cuda_source import LOG2E, NVRTC_OPTIONS, Launch, bsh, inl
 __all__ = ["NVRTC_OPTIONS", "Launch"]
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("flash_fwd_sm70.cuh",)
+SOURCES = ("common_sm70.cuh", "flash_fwd_sm70.cuh", "flash_bwd_sm70.cuh")  # in include order
 BLOCK_M = BLOCK_N = 64
+BWD_KEYS, BWD_QUERIES = 64, 32  # the dK/dV kernel: keys per block, queries per step
+DQ_ROWS, DQ_KEYS = 64, 32  # the dQ kernel: queries per block, keys per step
 THREADS = 128
 MAX_SMEM = 96 * 1024  # a Volta block's shared memory (with the opt-in above 48 KB)
 
@@ -38,27 +40,73 @@ def smem_bytes(head_dim: int) -> int:
     return 3 * BLOCK_M * (w + 8) * 2 + BLOCK_M * (max(BLOCK_N, w) + 4) * 4 + BLOCK_M * (BLOCK_N + 8) * 2 + BLOCK_M * 4
 
 
-def fwd_name(head_dim: int, has_lo: bool, has_hi: bool) -> str:
+def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
+    """The dK/dV kernel: K, V (64 rows), Q, dO (32 rows), S^T and dP^T in fp32, the rows' stats; the
+    dQ kernel: Q, dO (64 rows), K, V (32 rows), S and dP, the stats. Both at least the fp32 staging
+    of their 64 result rows."""
+    w = width(head_dim)
+    if kernel == "dkdv":
+        size = 2 * (BWD_KEYS + BWD_QUERIES) * (w + 8) * 2 + 2 * BWD_KEYS * (BWD_QUERIES + 4) * 4 + 2 * BWD_QUERIES * 4
+    else:
+        size = 2 * (DQ_ROWS + DQ_KEYS) * (w + 8) * 2 + 2 * DQ_ROWS * (DQ_KEYS + 4) * 4 + 2 * DQ_ROWS * 4
+    return max(size, 64 * (w + 4) * 4)
+
+
+def kernel_name(kernel: str, head_dim: int, has_lo: bool, has_hi: bool) -> str:
     flags = ", ".join("true" if f else "false" for f in (has_lo, has_hi))
-    return f"portattn_sm70::flash_fwd_sm70<{width(head_dim)}, {flags}>"
+    return f"portattn_sm70::{kernel}<{width(head_dim)}, {flags}>"
+
+
+def fwd_name(head_dim: int, has_lo: bool, has_hi: bool) -> str:
+    return kernel_name("flash_fwd_sm70", head_dim, has_lo, has_hi)
+
+
+KERNELS = ("flash_fwd_sm70", "flash_bwd_dkdv_sm70", "flash_bwd_dq_sm70")
 
 
 def all_instances() -> list[str]:
     """Every template instance a launch can ask for (the compile test builds them all)."""
-    flag_sets = itertools.product((False, True), repeat=2)
-    return [fwd_name(w, *flags) for w, flags in itertools.product((64, 128), flag_sets)]
+    combos = itertools.product(KERNELS, (64, 128), itertools.product((False, True), repeat=2))
+    return [kernel_name(kernel, w, *flags) for kernel, w, flags in combos]
+
+
+def _scalars(call: AttentionCall, heads: int) -> tuple:
+    """seqlen_q, seqlen_k, the kernel's head count, group, dim, band_lo, band_hi, scale * log2(e)."""
+    lo, hi = call.band
+    return (
+        np.int32(call.seqlen_q), np.int32(call.seqlen_k), np.int32(heads), np.int32(call.group_size),
+        np.int32(call.head_dim), np.int32(lo if lo is not None else 0), np.int32(hi if hi is not None else 0),
+        np.float32(call.scale * LOG2E),
+    )  # fmt: skip
 
 
 def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> Launch:
     """Tensors are ``rows_aligned`` already; pointers and strides as Python ints, the rest int32/float32."""
     lo, hi = call.band
-    args = (
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(),
-        *bsh(q), *bsh(k), *bsh(v), *bsh(out),
-        np.int32(call.seqlen_q), np.int32(call.seqlen_k), np.int32(call.heads_q), np.int32(call.group_size),
-        np.int32(call.head_dim), np.int32(lo if lo is not None else 0), np.int32(hi if hi is not None else 0),
-        np.float32(call.scale * LOG2E),
-    )  # fmt: skip
+    args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), *bsh(q), *bsh(k), *bsh(v),
+            *bsh(out), *_scalars(call, call.heads_q))  # fmt: skip
     grid = (math.ceil(call.seqlen_q / BLOCK_M), call.batch * call.heads_q)
     name = fwd_name(call.head_dim, lo is not None, hi is not None)
     return Launch(name, grid, THREADS, smem_bytes(call.head_dim), args)
+
+
+def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, Launch]:
+    """The dK/dV launch (blocks of 64 keys per K/V head) and the dQ launch (blocks of 64 queries);
+    ``lse`` and ``delta`` = rowsum(dout * out) float32 ``(batch, heads_q, seqlen_q)``, contiguous."""
+    lo, hi = call.band
+    flags = (lo is not None, hi is not None)
+    pointers = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr(), delta.data_ptr())
+    strides = (*bsh(q), *bsh(k), *bsh(v), *bsh(dout))
+    scale = np.float32(call.scale)
+    dkdv = Launch(
+        kernel_name("flash_bwd_dkdv_sm70", call.head_dim, *flags),
+        (math.ceil(call.seqlen_k / BWD_KEYS), call.batch * call.heads_kv), THREADS,
+        bwd_smem_bytes(call.head_dim, "dkdv"),
+        (*pointers, dk.data_ptr(), dv.data_ptr(), *strides, *bsh(dk), *bsh(dv), *_scalars(call, call.heads_kv), scale),
+    )  # fmt: skip
+    dq_launch = Launch(
+        kernel_name("flash_bwd_dq_sm70", call.head_dim, *flags),
+        (math.ceil(call.seqlen_q / DQ_ROWS), call.batch * call.heads_q), THREADS, bwd_smem_bytes(call.head_dim, "dq"),
+        (*pointers, dq.data_ptr(), *strides, *bsh(dq), *_scalars(call, call.heads_q), scale),
+    )  # fmt: skip
+    return dkdv, dq_launch

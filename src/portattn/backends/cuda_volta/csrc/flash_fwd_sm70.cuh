@@ -1,114 +1,24 @@
-// FlashAttention-2 forward with Volta's instructions only (sm70): warp-wide WMMA m16n16k16 in fp16
-// with fp32 accumulation (issued as PTX `wmma.*`, so that no CUDA header is needed), plain 16-byte
-// loads (sm70 has no cp.async or ldmatrix), fp16 only (no bf16 on sm70).
+// FlashAttention-2 forward with Volta's instructions only (sm70): WMMA m16n16k16 in fp16 with fp32
+// accumulation, plain 16-byte loads, fp16 only (no bf16 on sm70); building blocks in common_sm70.cuh.
 //
 // One thread block: 64 query rows of one (batch, query head), 4 warps of 16 rows each. Per 64-key
 // block: K and V into shared memory; each warp computes its S = Q K^T (four 16x16 tiles) and stores
 // it to shared memory, where a pair of lanes per row runs the online softmax (the WMMA accumulator's
 // element order is unspecified, so rows are read back from memory) and writes P in fp16; then O +=
 // P V stays in WMMA accumulators, rescaled by each row's correction through a row map read once from
-// a fragment loaded from a matrix of row numbers. Shared-memory rows are padded by 16 bytes so that
-// the 8 rows one WMMA load touches fall in different banks, and every fragment base is 32-byte aligned.
+// a fragment loaded from a matrix of row numbers.
 //
 // Tensors are (batch, seqlen, heads, <= HEAD_DIM) with a contiguous last dim and 16-byte aligned
 // rows; `dim` (a multiple of 8) is the real head dim, the rest is zero-filled in shared memory. out
 // is (batch, seqlen_q, heads_q, dim); lse float32 (batch, heads_q, seqlen_q).
 #pragma once
 
-#include <cuda_fp16.h>
-
-#ifndef INFINITY
-#define INFINITY __int_as_float(0x7f800000)
-#endif
+#include "common_sm70.cuh"
 
 namespace portattn_sm70 {
 
-using u32 = unsigned int;
 constexpr int BLOCK_M = 64;  // query rows per block: 4 warps x 16
 constexpr int BLOCK_N = 64;  // keys per block
-constexpr int THREADS = 128;
-
-struct FragAB {  // a 16x16 fp16 operand: 16 halves per lane
-  u32 x[8];
-};
-struct FragC {  // a 16x16 fp32 accumulator: 8 floats per lane, order unspecified
-  float x[8];
-};
-
-// `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes
-__device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
-  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-               : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
-                 "=r"(f.x[6]), "=r"(f.x[7])
-               : "l"(p), "r"(ld)
-               : "memory");
-}
-
-template <bool COL>  // COL: B(k, n) at p[n * ld + k] (K read as K^T); else at p[k * ld + n]
-__device__ __forceinline__ void load_b(FragAB& f, const __half* p, int ld) {
-  if (COL) {
-    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
-                   "=r"(f.x[6]), "=r"(f.x[7])
-                 : "l"(p), "r"(ld)
-                 : "memory");
-  } else {
-    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
-                   "=r"(f.x[6]), "=r"(f.x[7])
-                 : "l"(p), "r"(ld)
-                 : "memory");
-  }
-}
-
-__device__ __forceinline__ void load_c_row(FragC& f, const float* p, int ld) {
-  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-               : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]),
-                 "=f"(f.x[6]), "=f"(f.x[7])
-               : "l"(p), "r"(ld)
-               : "memory");
-}
-
-__device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
-  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
-               ::"l"(p), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]), "f"(f.x[5]),
-                 "f"(f.x[6]), "f"(f.x[7]), "r"(ld)
-               : "memory");
-}
-
-template <bool B_COL>  // d += a b
-__device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) {
-#define PORTATTN_SM70_MMA(LAYOUT)                                                                           \
-  asm volatile("wmma.mma.sync.aligned.row." LAYOUT ".m16n16k16.f32.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, " \
-               "{%8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19, %20, %21, %22, %23}, "        \
-               "{%0, %1, %2, %3, %4, %5, %6, %7};\n"                                                       \
-               : "+f"(d.x[0]), "+f"(d.x[1]), "+f"(d.x[2]), "+f"(d.x[3]), "+f"(d.x[4]), "+f"(d.x[5]),       \
-                 "+f"(d.x[6]), "+f"(d.x[7])                                                                \
-               : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(a.x[4]), "r"(a.x[5]),             \
-                 "r"(a.x[6]), "r"(a.x[7]), "r"(b.x[0]), "r"(b.x[1]), "r"(b.x[2]), "r"(b.x[3]),             \
-                 "r"(b.x[4]), "r"(b.x[5]), "r"(b.x[6]), "r"(b.x[7]))
-  if (B_COL) {
-    PORTATTN_SM70_MMA("col");
-  } else {
-    PORTATTN_SM70_MMA("row");
-  }
-#undef PORTATTN_SM70_MMA
-}
-
-// Rows [row0, row0 + ROWS) of one head into a padded tile (LD halves per row); rows past `seqlen`
-// and columns past `dim` are zero-filled.
-template <int ROWS, int HEAD_DIM, int LD>
-__device__ __forceinline__ void load_tile(__half* tile, const __half* head, long long stride, int row0, int seqlen,
-                                          int dim, int tid) {
-  constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks per row
-#pragma unroll
-  for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
-    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (row0 + r < seqlen && c < dim) val = *reinterpret_cast<const uint4*>(head + (row0 + r) * stride + c);
-    *reinterpret_cast<uint4*>(tile + r * LD + c) = val;
-  }
-}
 
 template <int HEAD_DIM, bool HAS_LO, bool HAS_HI>
 __global__ void __launch_bounds__(128)

@@ -1,0 +1,168 @@
+// Volta building blocks shared by the forward and backward kernels: warp-wide WMMA m16n16k16 in
+// fp16 with fp32 accumulation, issued as PTX `wmma.*` (no CUDA header needed), and plain 16-byte
+// tile loads (sm70 has no cp.async or ldmatrix). Shared-memory tiles are row-major with rows padded
+// by 16 bytes, so that the 8 rows one WMMA load touches fall in different banks; every fragment base
+// is 32-byte aligned and every leading dimension a multiple of 16 bytes, as WMMA requires.
+#pragma once
+
+#include <cuda_fp16.h>
+
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+
+namespace portattn_sm70 {
+
+using u32 = unsigned int;
+constexpr int THREADS = 128;
+
+struct FragAB {  // a 16x16 fp16 operand: 16 halves per lane
+  u32 x[8];
+};
+struct FragC {  // a 16x16 fp32 accumulator: 8 floats per lane, order unspecified
+  float x[8];
+};
+
+// `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes
+__device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
+  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+               : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                 "=r"(f.x[6]), "=r"(f.x[7])
+               : "l"(p), "r"(ld)
+               : "memory");
+}
+
+template <bool COL>  // COL: B(k, n) at p[n * ld + k] (K read as K^T); else at p[k * ld + n]
+__device__ __forceinline__ void load_b(FragAB& f, const __half* p, int ld) {
+  if (COL) {
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                   "=r"(f.x[6]), "=r"(f.x[7])
+                 : "l"(p), "r"(ld)
+                 : "memory");
+  } else {
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                   "=r"(f.x[6]), "=r"(f.x[7])
+                 : "l"(p), "r"(ld)
+                 : "memory");
+  }
+}
+
+__device__ __forceinline__ void load_c_row(FragC& f, const float* p, int ld) {
+  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+               : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]),
+                 "=f"(f.x[6]), "=f"(f.x[7])
+               : "l"(p), "r"(ld)
+               : "memory");
+}
+
+__device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
+  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
+               ::"l"(p), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]), "f"(f.x[5]),
+                 "f"(f.x[6]), "f"(f.x[7]), "r"(ld)
+               : "memory");
+}
+
+template <bool B_COL>  // d += a b
+__device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) {
+#define PORTATTN_SM70_MMA(LAYOUT)                                                                           \
+  asm volatile("wmma.mma.sync.aligned.row." LAYOUT ".m16n16k16.f32.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, " \
+               "{%8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19, %20, %21, %22, %23}, "        \
+               "{%0, %1, %2, %3, %4, %5, %6, %7};\n"                                                       \
+               : "+f"(d.x[0]), "+f"(d.x[1]), "+f"(d.x[2]), "+f"(d.x[3]), "+f"(d.x[4]), "+f"(d.x[5]),       \
+                 "+f"(d.x[6]), "+f"(d.x[7])                                                                \
+               : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(a.x[4]), "r"(a.x[5]),             \
+                 "r"(a.x[6]), "r"(a.x[7]), "r"(b.x[0]), "r"(b.x[1]), "r"(b.x[2]), "r"(b.x[3]),             \
+                 "r"(b.x[4]), "r"(b.x[5]), "r"(b.x[6]), "r"(b.x[7]))
+  if (B_COL) {
+    PORTATTN_SM70_MMA("col");
+  } else {
+    PORTATTN_SM70_MMA("row");
+  }
+#undef PORTATTN_SM70_MMA
+}
+
+// Rows [row0, row0 + ROWS) of one head into a padded tile (LD halves per row); rows past `seqlen`
+// and columns past `dim` are zero-filled.
+template <int ROWS, int HEAD_DIM, int LD>
+__device__ __forceinline__ void load_tile(__half* tile, const __half* head, long long stride, int row0, int seqlen,
+                                          int dim, int tid) {
+  constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
+    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (row0 + r < seqlen && c < dim) val = *reinterpret_cast<const uint4*>(head + (row0 + r) * stride + c);
+    *reinterpret_cast<uint4*>(tile + r * LD + c) = val;
+  }
+}
+
+// Whether query `query` sees key `key` under the band lo <= key - query <= hi (HAS_LO / HAS_HI off =
+// unbounded), both inside their sequences.
+template <bool HAS_LO, bool HAS_HI>
+__device__ __forceinline__ bool visible(int query, int key, int seqlen_q, int seqlen_k, int lo, int hi) {
+  bool ok = query < seqlen_q && key < seqlen_k;
+  if (HAS_LO) ok = ok && key - query >= lo;
+  if (HAS_HI) ok = ok && key - query <= hi;
+  return ok;
+}
+
+// C (16 x N, fp32, stored at c with row stride ldc) = A (16 x KD, row-major at a) B, where B(k, n) is
+// b[n * ldb + k] (B_COL: the rows of b are B's columns, as K is for Q K^T) or b[k * ldb + n]
+template <int N, int KD, bool B_COL>
+__device__ __forceinline__ void warp_gemm_store(float* c, int ldc, const __half* a, int lda, const __half* b,
+                                                int ldb) {
+#pragma unroll
+  for (int j = 0; j < N / 16; ++j) {
+    FragC acc;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc.x[i] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KD / 16; ++kk) {
+      FragAB af, bf;
+      load_a_row(af, a + kk * 16, lda);
+      load_b<B_COL>(bf, B_COL ? b + j * 16 * ldb + kk * 16 : b + kk * 16 * ldb + j * 16, ldb);
+      mma<B_COL>(acc, af, bf);
+    }
+    store_d_row(c + j * 16, acc, ldc);
+  }
+}
+
+// acc (16 x D as D / 16 fragments) += A (16 x KD, row-major at a) B (KD x D, row-major at b)
+template <int D, int KD>
+__device__ __forceinline__ void warp_gemm_acc(FragC (&acc)[D / 16], const __half* a, int lda, const __half* b,
+                                              int ldb) {
+#pragma unroll
+  for (int kk = 0; kk < KD / 16; ++kk) {
+    FragAB af;
+    load_a_row(af, a + kk * 16, lda);
+#pragma unroll
+    for (int j = 0; j < D / 16; ++j) {
+      FragAB bf;
+      load_b<false>(bf, b + kk * 16 * ldb + j * 16, ldb);
+      mma<false>(acc[j], af, bf);
+    }
+  }
+}
+
+// Rows [row0, row0 + 16 * WARPS) of accumulators (each warp 16 rows, D / 16 fragments) times `scale`,
+// to global memory in fp16 through `stage` (fp32, row stride D + 4): rows < `rows`, columns < `dim`.
+template <int D>
+__device__ __forceinline__ void store_rows(__half* dst, long long stride, const FragC (&acc)[D / 16], float* stage,
+                                           int warp_row0, int row0, int rows, int dim, float scale, int lane) {
+  constexpr int LDO = D + 4;
+#pragma unroll
+  for (int j = 0; j < D / 16; ++j) store_d_row(stage + warp_row0 * LDO + j * 16, acc[j], LDO);
+  __syncwarp();
+  for (int i = lane; i < 16 * (D / 2); i += 32) {
+    const int r = i / (D / 2), c = (i % (D / 2)) * 2;
+    const int row = row0 + warp_row0 + r;
+    if (row < rows && c < dim) {
+      const float* s = stage + (warp_row0 + r) * LDO + c;
+      *reinterpret_cast<__half2*>(dst + row * stride + c) = __floats2half2_rn(s[0] * scale, s[1] * scale);
+    }
+  }
+}
+
+}  // namespace portattn_sm70
