@@ -131,6 +131,6 @@ def test_backends_declaring_offload():
     from portattn import _registry
 
     reg = _registry.get()
-    for name in ("triton_hopper", "portable"):
+    for name in ("triton_hopper", "cuda_volta", "portable"):
         assert _call.KV_OFFLOAD in reg.entries[name].backend.capabilities.features, name
     assert _call.KV_OFFLOAD not in reg.entries["reference"].backend.capabilities.features
