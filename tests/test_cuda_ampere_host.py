@@ -13,6 +13,7 @@ import torch
 
 from portattn._call import normalize
 from portattn.backends.cuda_ampere import plan
+from tests.cuda_host import check_arg_types, kernel_params
 
 NVCC = shutil.which("nvcc")
 
@@ -39,20 +40,7 @@ def test_sources_compile_with_nvcc(tmp_path, arch):
 
 
 def _kernel_params(kernel: str) -> list[str]:
-    text = (plan.CSRC / f"{'flash_fwd' if kernel == 'flash_fwd' else 'flash_bwd'}.cuh").read_text()
-    signature = re.search(rf"\n{kernel}\((.*?)\)\s*\{{", text, re.S).group(1)
-    return [" ".join(p.split()[:-1]) for p in signature.split(",")]
-
-
-def _check_types(args: tuple, params: list[str]) -> None:
-    assert len(args) == len(params)
-    for arg, param in zip(args, params, strict=True):
-        if param.endswith("*") or param == "long long":
-            assert type(arg) is int, param  # CuPy passes a Python int as a 64-bit integer
-        elif param == "int":
-            assert arg.dtype == "int32", param
-        else:
-            assert param == "float" and arg.dtype == "float32", param
+    return kernel_params(plan.CSRC, plan.SOURCES, kernel)
 
 
 def test_argument_lists_match_the_kernel_parameters():
@@ -62,7 +50,7 @@ def test_argument_lists_match_the_kernel_parameters():
     q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     out, lse = torch.empty(2, 33, 4, 24, dtype=torch.bfloat16), torch.empty(2, 4, 33)
     launch = plan.fwd_launch(call, q, k, v, out, lse)
-    _check_types(launch.args, _kernel_params("flash_fwd"))
+    check_arg_types(launch.args, _kernel_params("flash_fwd"))
     assert len(launch.args) == 28
     assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 128, 64, false, true, true>"  # d<=64: 128x64
     assert launch.grid == (1, 8) and launch.threads == 128
@@ -71,8 +59,8 @@ def test_argument_lists_match_the_kernel_parameters():
     assert band_hi == 50 - 33  # bottom-right causal: row i sees keys up to i + (seqlen_k - seqlen_q)
 
     dkdv, dq = plan.bwd_launches(call, q, k, v, out, lse, lse, q, k, v)
-    _check_types(dkdv.args, _kernel_params("flash_bwd_dkdv"))
-    _check_types(dq.args, _kernel_params("flash_bwd_dq"))
+    check_arg_types(dkdv.args, _kernel_params("flash_bwd_dkdv"))
+    check_arg_types(dq.args, _kernel_params("flash_bwd_dq"))
     assert dkdv.grid == (1, 2 * 2) and dq.grid == (1, 2 * 4)  # 64 keys of each K/V head; 64 queries of each head
     assert dkdv.args[28] == 2 and dq.args[24] == 4  # the head count each grid runs over
     assert dkdv.name == "portattn::flash_bwd_dkdv<__nv_bfloat16, 64, 64, 64, false, true, true>"

@@ -14,6 +14,7 @@ import torch
 
 from portattn._call import normalize
 from portattn.backends.cuda_volta import CudaVoltaBackend, plan
+from tests.cuda_host import check_arg_types, kernel_params
 
 NVCC = shutil.which("nvcc")
 # instruction families newer than sm70: cp.async (sm80), ldmatrix (sm75), the m16n8k* MMAs and bf16
@@ -76,20 +77,7 @@ def test_ptx_uses_volta_instructions_only(tmp_path):
 
 
 def _kernel_params(kernel: str) -> list[str]:
-    text = "\n".join((plan.CSRC / name).read_text() for name in plan.SOURCES)
-    signature = re.search(rf"\n{kernel}\((.*?)\)\s*\{{", text, re.S).group(1)
-    return [" ".join(p.split()[:-1]) for p in signature.split(",")]
-
-
-def _check_types(args: tuple, params: list[str]) -> None:
-    assert len(args) == len(params)
-    for arg, param in zip(args, params, strict=True):
-        if param.endswith("*") or param == "long long":
-            assert type(arg) is int, param  # CuPy passes a Python int as a 64-bit integer
-        elif param == "int":
-            assert arg.dtype == "int32", param
-        else:
-            assert param == "float" and arg.dtype == "float32", param
+    return kernel_params(plan.CSRC, plan.SOURCES, kernel)
 
 
 def test_argument_lists_match_the_kernel_parameters():
@@ -98,13 +86,13 @@ def test_argument_lists_match_the_kernel_parameters():
     out, lse = torch.empty_like(q), torch.empty(2, 4, 33)
     call = _call(q, k, v, causal=True)
     launch = plan.fwd_launch(call, q, k, v, out, lse)
-    _check_types(launch.args, _kernel_params("flash_fwd_sm70"))
+    check_arg_types(launch.args, _kernel_params("flash_fwd_sm70"))
     assert launch.name == "portattn_sm70::flash_fwd_sm70<64, false, true>"
     assert launch.grid == (1, 8) and launch.threads == 128
     assert launch.args[-4:-1] == (40, 0, 17)  # dim, no lower band, causal offset 50 - 33
     dkdv, dq = plan.bwd_launches(call, q, k, v, out, lse, lse, q, k, v)
-    _check_types(dkdv.args, _kernel_params("flash_bwd_dkdv_sm70"))
-    _check_types(dq.args, _kernel_params("flash_bwd_dq_sm70"))
+    check_arg_types(dkdv.args, _kernel_params("flash_bwd_dkdv_sm70"))
+    check_arg_types(dq.args, _kernel_params("flash_bwd_dq_sm70"))
     assert dkdv.grid == (1, 4) and dq.grid == (1, 8)  # 64 keys per K/V head; 64 queries per query head
     assert dkdv.args[-7] == 2 and dq.args[-7] == 4  # the kernel's own head count
 

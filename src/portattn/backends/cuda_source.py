@@ -42,3 +42,14 @@ def rows_aligned(t: torch.Tensor) -> torch.Tensor:
     """The kernels move 16-byte chunks: the last dim contiguous, the base and every row 16-byte
     aligned. Other layouts are copied once (the kernel could not read them)."""
     return t if _alloc.rows_16b_aligned(t) else t.contiguous()
+
+
+def cupy_unavailable_reason() -> str | None:
+    """Why a CuPy-compiled backend cannot run here (no CUDA device, cupy missing or broken), or None."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # missing, or no driver / toolkit it can load
+        return f"cupy is not importable ({type(exc).__name__}: {exc}); pip install 'portattn[cuda]'"
+    return None

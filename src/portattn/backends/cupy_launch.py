@@ -1,14 +1,18 @@
 """Compiling (CuPy / NVRTC, cached on disk by CuPy) and launching the kernels of the CuPy-compiled
-backends on torch's current stream. Imports cupy: loaded when such a backend first runs."""
+backends on torch's current stream, and the forward and backward around their launches. Imports
+cupy: loaded when such a backend first runs."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import cupy
 import torch
 
-from portattn.backends.cuda_source import Launch
+from portattn import _alloc
+from portattn._call import AttentionCall
+from portattn.backends.cuda_source import Launch, rows_aligned
 
 
 @functools.cache
@@ -26,3 +30,31 @@ def run(source: str, options: tuple[str, ...], *launches: Launch, device: torch.
             if kernel.max_dynamic_shared_size_bytes < launch.smem_bytes:  # above 48 KB needs the opt-in
                 kernel.max_dynamic_shared_size_bytes = launch.smem_bytes
             kernel(launch.grid, (launch.threads,), launch.args, shared_mem=launch.smem_bytes)
+
+
+def forward(source: str, options: tuple[str, ...], fwd_launch: Callable, call: AttentionCall, q, k, v):
+    """A backend's forward: ``fwd_launch(call, q, k, v, out, lse)`` plans the launch on tensors whose
+    rows the kernels can read. ``(out (batch, seqlen_q, heads_q, head_dim_v), lse float32 (batch,
+    heads_q, seqlen_q))``."""
+    q, k, v = (rows_aligned(t) for t in (q, k, v))
+    b, sq, hq = call.batch, call.seqlen_q, call.heads_q
+    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
+    lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    run(source, options, fwd_launch(call, q, k, v, out, lse), device=q.device)
+    return out, lse
+
+
+def backward(source: str, options: tuple[str, ...], bwd_launches: Callable, call: AttentionCall, q, k, v, out, lse,
+             dout):  # fmt: skip
+    """A backend's FlashAttention-2 backward: delta = rowsum(dout * out) in torch, then the launches
+    ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans (a dK/dV and a dQ kernel).
+    ``(dq, dk, dv)``."""
+    q, k, v, dout = (rows_aligned(t) for t in (q, k, v, dout))
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
+    run(source, options, *bwd_launches(call, q, k, v, dout, lse.contiguous(), delta, dq, dk, dv), device=q.device)
+    return dq, dk, dv

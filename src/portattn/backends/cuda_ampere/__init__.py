@@ -13,6 +13,7 @@ import torch
 
 from portattn import _call
 from portattn._backend import Backend, Capabilities
+from portattn.backends.cuda_source import cupy_unavailable_reason
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
@@ -37,13 +38,7 @@ class CudaAmpereBackend(Backend):
     )
 
     def available(self) -> str | None:
-        if not torch.cuda.is_available():
-            return "no CUDA device"
-        try:
-            import cupy  # noqa: F401
-        except Exception as exc:  # missing, or no driver / toolkit it can load
-            return f"cupy is not importable ({type(exc).__name__}: {exc}); pip install 'portattn[cuda]'"
-        return None
+        return cupy_unavailable_reason()
 
     def extra_reasons(self, call: AttentionCall) -> list[str]:
         reasons = []
