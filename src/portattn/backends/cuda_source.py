@@ -23,12 +23,16 @@ class Launch(NamedTuple):
     args: tuple  # pointers and strides as Python ints (long long), the rest as 32-bit NumPy scalars
 
 
+COMMON_CSRC = Path(__file__).with_name("cuda_common") / "csrc"  # headers both backends include
+
+
 def inline_headers(csrc: Path, names: tuple[str, ...]) -> str:
-    """The headers ``names`` (in include order) as one translation unit, their own includes of each
-    other dropped: CuPy's disk cache keys on this text, so an edit to any header compiles afresh."""
+    """The shared headers, then ``names`` (in include order), as one translation unit with their
+    includes of each other dropped: CuPy's disk cache keys on this text, so an edit to any header
+    compiles afresh."""
     parts = []
-    for name in names:
-        lines = (csrc / name).read_text().splitlines()
+    for path in [COMMON_CSRC / "band.cuh", *(csrc / name for name in names)]:
+        lines = path.read_text().splitlines()
         parts.append("\n".join(line for line in lines if not line.startswith(('#include "', "#pragma once"))))
     return "\n".join(parts)
 

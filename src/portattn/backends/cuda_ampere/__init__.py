@@ -50,11 +50,13 @@ class CudaAmpereBackend(Backend):
         return reasons
 
     def forward(self, call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        from portattn.backends.cuda_ampere import launch
+        from portattn.backends import cupy_launch  # imports cupy
+        from portattn.backends.cuda_ampere import plan
 
-        return launch.forward(call, q, k, v)
+        return cupy_launch.forward(plan.source(), plan.NVRTC_OPTIONS, plan.fwd_launch, call, q, k, v)
 
     def backward(self, call, q, k, v, out, lse, dout, dlse=None):
-        from portattn.backends.cuda_ampere import launch
+        from portattn.backends import cupy_launch
+        from portattn.backends.cuda_ampere import plan
 
-        return launch.backward(call, q, k, v, out, lse, dout)
+        return cupy_launch.backward(plan.source(), plan.NVRTC_OPTIONS, plan.bwd_launches, call, q, k, v, out, lse, dout)

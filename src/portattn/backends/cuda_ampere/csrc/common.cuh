@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../../cuda_common/csrc/band.cuh"
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
@@ -96,15 +98,7 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const u3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Whether query `query` sees key `key` under the band lo <= key - query <= hi (HAS_LO / HAS_HI off =
-// unbounded), both inside their sequences.
-template <bool HAS_LO, bool HAS_HI>
-__device__ __forceinline__ bool visible(int query, int key, int seqlen_q, int seqlen_k, int lo, int hi) {
-  bool ok = query < seqlen_q && key < seqlen_k;
-  if (HAS_LO) ok = ok && key - query >= lo;
-  if (HAS_HI) ok = ok && key - query <= hi;
-  return ok;
-}
+using portattn_band::visible;  // the band test, shared with the other CuPy backend
 
 // acc (M_TILES x 16 rows, N_TILES x 8 columns) += A B^T over HEAD_DIM: A's rows start at a_row0 of a
 // swizzled tile, B's N_TILES * 8 rows are a whole tile (both row-major, HEAD_DIM wide). Each B fragment

@@ -7,6 +7,8 @@
 
 #include <cuda_fp16.h>
 
+#include "../../cuda_common/csrc/band.cuh"
+
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
@@ -98,15 +100,7 @@ __device__ __forceinline__ void load_tile(__half* tile, const __half* head, long
   }
 }
 
-// Whether query `query` sees key `key` under the band lo <= key - query <= hi (HAS_LO / HAS_HI off =
-// unbounded), both inside their sequences.
-template <bool HAS_LO, bool HAS_HI>
-__device__ __forceinline__ bool visible(int query, int key, int seqlen_q, int seqlen_k, int lo, int hi) {
-  bool ok = query < seqlen_q && key < seqlen_k;
-  if (HAS_LO) ok = ok && key - query >= lo;
-  if (HAS_HI) ok = ok && key - query <= hi;
-  return ok;
-}
+using portattn_band::visible;  // the band test, shared with the other CuPy backend
 
 // C (16 x N, fp32, stored at c with row stride ldc) = A (16 x KD, row-major at a) B, where B(k, n) is
 // b[n * ldb + k] (B_COL: the rows of b are B's columns, as K is for Q K^T) or b[k * ldb + n]
