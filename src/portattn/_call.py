@@ -94,7 +94,9 @@ class AttentionCall:
         if self.softcap is not None:
             parts.append(f"softcap={self.softcap:g}")
         if self.sparsity is not None:
-            parts.append(f"sparsity={self.sparsity.kind}")
+            density = getattr(self.sparsity, "density", None)  # block patterns: the share of tiles visited
+            share = "" if density is None else f" ({density(self.seqlen_q, self.seqlen_k):.1%} of blocks)"
+            parts.append(f"sparsity={self.sparsity.kind}{share}")
         if self.bias is not None:
             parts.append("bias")
         if self.precision is not None:

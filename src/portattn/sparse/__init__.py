@@ -2,87 +2,71 @@
 
 The semantics of every pattern is a dense boolean mask ``allowed[b, h, i, j]`` (True = query ``i``
 may see key ``j``), ANDed with ``causal``/``window``. The reference materializes it; kernels ask for
-one tile at a time (``tile_mask``) and skip tiles that are fully masked.
+one tile at a time (``tile_mask``) and skip tiles that are fully masked. Static block patterns
+(``blocks.py``) also say per tile whether it is empty, full or partial, and list what to visit.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 
-from portattn._call import check_mask_shape
+from portattn.sparse.base import DenseMask, SparsityPattern
+from portattn.sparse.blocks import (
+    BigBird,
+    BlockLists,
+    BlockMask,
+    BlockPattern,
+    GlobalTokens,
+    RandomBlocks,
+    SlidingWindow,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Callable
 
-__all__ = ["DenseMask", "SparsityPattern", "dense_mask"]
-
-
-class SparsityPattern:
-    """Base of every pattern. Subclasses set ``kind`` and implement ``allowed_mask``."""
-
-    kind: ClassVar[str] = ""
-
-    @property
-    def cache_key(self) -> Hashable:
-        """What dispatch may depend on; calls with equal keys take the same backend."""
-        return self
-
-    def validate(self, batch: int, heads: int, seqlen_q: int, seqlen_k: int) -> None:
-        """Raise ``ValueError`` if the pattern does not fit these shapes."""
-
-    def allowed_mask(self, batch: int, heads: int, seqlen_q: int, seqlen_k: int, device: torch.device) -> torch.Tensor:
-        """Boolean ``(batch|1, heads|1, seqlen_q, seqlen_k)``, True where attention is allowed."""
-        raise NotImplementedError
-
-    def tile_mask(
-        self, batch: int, heads: int, q_range: tuple[int, int], k_range: tuple[int, int], device: torch.device
-    ) -> torch.Tensor | None:
-        """Boolean ``(batch|1, heads|1, q_end-q_start, k_end-k_start)``, or None when all is allowed."""
-        seqlen_q, seqlen_k = q_range[1], k_range[1]
-        full = self.allowed_mask(batch, heads, seqlen_q, seqlen_k, device)
-        return full[:, :, q_range[0] : q_range[1], k_range[0] : k_range[1]]
-
-
-class DenseMask(SparsityPattern):
-    """A caller-given boolean mask, True = allowed (SDPA's boolean ``attn_mask`` convention).
-
-    Args:
-        mask: bool ``(batch|1, heads_q|1, seqlen_q, seqlen_k)`` or ``(seqlen_q, seqlen_k)``.
-    """
-
-    kind = "dense_mask"
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise TypeError(f"dense_mask takes a torch.bool tensor, got {got}")
-        if mask.dim() == 2:
-            mask = mask[None, None]
-        if mask.dim() != 4:
-            raise ValueError(
-                "dense_mask must be (seqlen_q, seqlen_k) or (batch, heads, seqlen_q, seqlen_k), "
-                f"got {tuple(mask.shape)}"
-            )
-        self.mask = mask
-
-    @property
-    def cache_key(self) -> Hashable:
-        return ("dense_mask", tuple(self.mask.shape), self.mask.device)
-
-    def validate(self, batch: int, heads: int, seqlen_q: int, seqlen_k: int) -> None:
-        check_mask_shape("dense_mask", self.mask, batch, heads, seqlen_q, seqlen_k)
-
-    def allowed_mask(self, batch: int, heads: int, seqlen_q: int, seqlen_k: int, device: torch.device) -> torch.Tensor:
-        return self.mask.to(device)
-
-    def tile_mask(
-        self, batch: int, heads: int, q_range: tuple[int, int], k_range: tuple[int, int], device: torch.device
-    ) -> torch.Tensor | None:
-        return self.mask[:, :, q_range[0] : q_range[1], k_range[0] : k_range[1]].to(device)
+__all__ = [
+    "BlockLists",
+    "BlockPattern",
+    "DenseMask",
+    "SparsityPattern",
+    "bigbird",
+    "block_mask",
+    "dense_mask",
+    "global_tokens",
+    "random_blocks",
+    "sliding_window",
+]
 
 
 def dense_mask(mask: torch.Tensor) -> DenseMask:
     """Pattern from a boolean mask, True = allowed: ``(seqlen_q, seqlen_k)`` or 4-D broadcastable."""
     return DenseMask(mask)
+
+
+def sliding_window(left: int, right: int, *, block: int = 128) -> SlidingWindow:
+    """Query ``i`` sees keys ``i + off - left .. i + off + right`` (``off = seqlen_k - seqlen_q``, as the
+    call's ``window``; ``-1``: unbounded on that side)."""
+    return SlidingWindow(left, right, block)
+
+
+def global_tokens(tokens: int | list[int] | torch.Tensor, *, block: int = 128) -> GlobalTokens:
+    """``tokens`` (a count ``n``: positions ``0..n-1``; or indices) attend to all and are attended by all."""
+    return GlobalTokens(tokens, block)
+
+
+def random_blocks(per_row: int, seed: int = 0, *, block: int = 128) -> RandomBlocks:
+    """Each query block sees ``per_row`` random key blocks, reproducible from ``seed``."""
+    return RandomBlocks(per_row, seed, block)
+
+
+def bigbird(window: int, n_global: int, random_per_row: int, seed: int = 0, *, block: int = 128) -> BigBird:
+    """BigBird: ``sliding_window(window, window) | global_tokens(n_global) | random_blocks(random_per_row)``."""
+    return BigBird(window, n_global, random_per_row, seed, block)
+
+
+def block_mask(fn: Callable, seqlen_q: int, seqlen_k: int, block: int = 128) -> BlockMask:
+    """A pattern from a predicate ``fn(b, h, i, j) -> bool`` evaluated on broadcastable index tensors
+    (FlexAttention's ``mask_mod`` convention), for calls of these lengths."""
+    return BlockMask(fn, seqlen_q, seqlen_k, block)

@@ -70,7 +70,9 @@ def _tile_mask(call: AttentionCall, qs: int, qe: int, ks: int, ke: int, device: 
         if hi is not None:
             mask &= rel <= hi
     if call.sparsity is not None:
-        pattern = call.sparsity.tile_mask(call.batch, call.heads_q, (qs, qe), (ks, ke), device)
+        pattern = call.sparsity.tile_mask(
+            call.batch, call.heads_q, call.seqlen_q, call.seqlen_k, (qs, qe), (ks, ke), device
+        )
         if pattern is not None:
             pattern = _to_grouped_heads(pattern, call)
             mask = pattern if mask is None else mask & pattern
