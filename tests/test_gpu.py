@@ -368,3 +368,29 @@ def test_cuda_volta_on_gpu(case):
     result = run_case("cuda_volta", case, device="cuda", dtype=torch.float16)
     result.raise_for_failure()
     assert result.status == "pass", result.message
+
+
+# block-sparse patterns through triton_hopper's forward (its sparse backward does not exist yet)
+SPARSE_GPU = [
+    ("bigbird", dict(causal=False), lambda: __import__("portattn").sparse.bigbird(256, 128, 2, seed=3)),
+    ("window", dict(causal=True), lambda: __import__("portattn").sparse.sliding_window(700, 0)),
+    ("global|random", dict(causal=True),
+     lambda: __import__("portattn").sparse.global_tokens(64) | __import__("portattn").sparse.random_blocks(3)),
+]  # fmt: skip
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("name,kw,make", SPARSE_GPU, ids=[s[0] for s in SPARSE_GPU])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sparse_forward_on_gpu(name, kw, make, head_dim):
+    from portattn.testing import assert_close, tolerances
+
+    gen = torch.Generator(device="cuda").manual_seed(head_dim)
+    q = torch.randn(2, 2000, 8, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(2, 2100, 4, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    pattern = make()
+    out, lse = portattn.attention(q, k, v, sparsity=pattern, backend="triton_hopper", return_lse=True, **kw)
+    ref, ref_lse = portattn.attention(q.float(), k.float(), v.float(), sparsity=pattern, backend="reference",
+                                      return_lse=True, **kw)  # fmt: skip
+    assert_close(out, ref, *tolerances.forward(torch.bfloat16))
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))

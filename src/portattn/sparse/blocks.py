@@ -65,7 +65,10 @@ class BlockLists:
 
 
 class BlockPattern(SparsityPattern):
-    """A static pattern, the same for every batch and head, with block states on ``block``-sized tiles."""
+    """A static pattern with block states on ``block``-sized tiles; the same for every batch and head
+    unless ``per_head`` (a ``block_mask`` whose predicate reads them)."""
+
+    per_head = False
 
     def __init__(self, block: int) -> None:
         if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
@@ -284,6 +287,7 @@ class Combined(BlockPattern):
         super().__init__(a.block)
         self.op, self.a, self.b = op, a, b
         self.kind = op
+        self.per_head = a.per_head or b.per_head
 
     @property
     def params(self) -> tuple:
@@ -321,6 +325,7 @@ class BlockMask(BlockPattern):
     together (FULL only where full for all), and the element mask may differ per batch and head."""
 
     kind = "block_mask"
+    per_head = True
 
     def __init__(self, fn: Callable, seqlen_q: int, seqlen_k: int, block: int = 128) -> None:
         if not callable(fn):

@@ -59,6 +59,8 @@ class TritonHopperBackend(Backend):
                 _call.KV_OFFLOAD,  # the core streams host K/V through the forward (portattn/_offload.py)
             }
         ),  # fmt: skip
+        # static block patterns, the same for every batch and head: the forward skips their empty tiles
+        sparsity=frozenset({"sliding_window", "global_tokens", "random_blocks", "bigbird", "union", "intersection"}),
     )
     # Under the interpreter the kernels run on whatever device holds the tensors.
     interpreter_capabilities = dataclasses.replace(capabilities, devices=None, compute_capability=None)
@@ -76,6 +78,16 @@ class TritonHopperBackend(Backend):
         return self.interpreter_capabilities if _interpreting() else self.capabilities
 
     def extra_reasons(self, call: AttentionCall) -> list[str]:
+        if call.sparsity is not None:
+            reasons = []
+            if _call.BACKWARD in call.features:
+                reasons.append("sparsity patterns have no backward here yet (portable serves it)")
+            if _call.FP8 in call.features:
+                reasons.append("precision='fp8' takes no sparsity pattern")
+            if getattr(call.sparsity, "per_head", False):
+                reasons.append("a pattern with a block_mask inside may differ per batch and head: portable serves it")
+            if reasons:
+                return reasons
         if _call.FP8 in call.features:
             return self._fp8_reasons(call)
         if _interpreting() or call.head_dim == call.head_dim_v:

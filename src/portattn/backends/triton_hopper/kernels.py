@@ -196,63 +196,127 @@ def _scores(qk, qk_scale, softcap, HAS_SOFTCAP: tl.constexpr):
 
 
 @triton.jit
+def _fwd_block(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
+               head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+               HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr, P_SHIFT: tl.constexpr,
+               HAS_KEEP: tl.constexpr):  # fmt: skip
+    """One key block ``[start_n, start_n + BLOCK_N)`` of the online softmax. ``MASKED``: apply the band
+    and the key length, and with ``HAS_KEEP`` also ``keep`` ``(BLOCK_M, BLOCK_N)`` (a sparsity pattern's
+    element mask). ``FP8``: q, k, v are e4m3 with one scale per key block (``k_scales``/``v_scales``
+    point at this head's row of them), v is stored transposed, and ``p`` is cast to e4m3 at
+    ``2**P_SHIFT`` times its value so that it spans e4m3's range (the shift cancels in ``acc / l``; the
+    lse removes it). ``acc`` is then kept in units of ``v_unit``, the scale of the last V block:
+    rescaling it by the ratio of two scales lets each ``P @ V`` accumulate into it in place, as the
+    16-bit path does."""
+    k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
+    qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
+    if FP8:
+        s, _ = _scores(qk, qk_scale * tl.load(k_scales + start_n // BLOCK_N), softcap, HAS_SOFTCAP)
+    else:
+        s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
+    if MASKED:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        visible = _band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI)
+        if HAS_KEEP:
+            visible = visible & keep
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = m_new
+    p = tl.math.exp2(s - (m_use - P_SHIFT)[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if FP8:
+        vt = _tile_t(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_DV, BLOCK_N, TILES)
+        v_scale = tl.load(v_scales + start_n // BLOCK_N)
+        acc = acc * (alpha * (v_unit / v_scale))[:, None]
+        acc = _dot_acc(_to_e4m3(p, UPCAST), tl.trans(vt), acc, DOT_PRECISION, UPCAST)
+        v_unit = v_scale
+    else:
+        v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+    return acc, l_i, m_new, v_unit
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks,
                stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
                DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr,
                P_SHIFT: tl.constexpr):  # fmt: skip
-    """``FP8``: q, k, v are e4m3 with one scale per key block (``k_scales``/``v_scales`` point at this
-    head's row of them), v is stored transposed, and ``p`` is cast to e4m3 at ``2**P_SHIFT`` times its
-    value so that it spans e4m3's range (the shift cancels in ``acc / l``; the lse removes it). ``acc``
-    is then kept in units of ``v_unit``, the scale of the last V block: rescaling it by the ratio of
-    two scales lets each ``P @ V`` accumulate into it in place, as the 16-bit path does."""
+    """Key blocks ``[k_first, k_last)``, all masked or none (``_fwd_block``)."""
     for start_n in tl.range(k_first, k_last, BLOCK_N):
-        k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
-        qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
-        if FP8:
-            s, _ = _scores(qk, qk_scale * tl.load(k_scales + start_n // BLOCK_N), softcap, HAS_SOFTCAP)
-        else:
-            s, _ = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
-        if MASKED:
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            s = tl.where(_band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI), s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
-        else:
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_use = m_new
-        p = tl.math.exp2(s - (m_use - P_SHIFT)[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if FP8:
-            vt = _tile_t(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_DV, BLOCK_N, TILES)
-            v_scale = tl.load(v_scales + start_n // BLOCK_N)
-            acc = acc * (alpha * (v_unit / v_scale))[:, None]
-            acc = _dot_acc(_to_e4m3(p, UPCAST), tl.trans(vt), acc, DOT_PRECISION, UPCAST)
-            v_unit = v_scale
-        else:
-            v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
-        m_i = m_new
+        acc, l_i, m_i, v_unit = _fwd_block(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k,
+                                           stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale,
+                                           softcap, k_scales, v_scales, None, BLOCK_N, BLOCK_D, BLOCK_DV, MASKED,
+                                           HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT,
+                                           False)  # fmt: skip
     return acc, l_i, m_i, v_unit
 
 
 @triton.jit
-def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
+def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first, full_first, full_last, last,
+                seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                k_scales, v_scales, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr,
+                HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr, FP8: tl.constexpr, P_SHIFT: tl.constexpr,
+                PATTERN_BLOCK: tl.constexpr):  # fmt: skip
+    """A block-sparse pattern's key blocks for this program's rows (``BLOCK_M`` divides ``PATTERN_BLOCK``):
+    only the pattern's visible blocks (``KV_INDEX[qb, :KV_COUNT[qb]]``) that meet the band are loaded;
+    a partial one (``KV_MASK[qb, t] >= 0``) applies its element mask ``MASKS[KV_MASK[qb, t]]`` (uint8
+    ``(PATTERN_BLOCK, PATTERN_BLOCK)``), and only tiles on the band's edges or partial ones are masked."""
+    qb = start_m // PATTERN_BLOCK
+    rows = offs_m - qb * PATTERN_BLOCK
+    for t in range(tl.load(KV_COUNT + qb)):
+        n = tl.load(KV_INDEX + qb * kv_width + t)
+        mask_id = tl.load(KV_MASK + qb * kv_width + t)
+        for sub in range(PATTERN_BLOCK // BLOCK_N):
+            start_n = n * PATTERN_BLOCK + sub * BLOCK_N
+            if (start_n + BLOCK_N > first) & (start_n < last):
+                if (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last):
+                    cols = start_n - n * PATTERN_BLOCK + tl.arange(0, BLOCK_N)
+                    tile = tl.maximum(mask_id, 0)  # a full tile reads tile 0 and keeps everything
+                    keep = tl.load(MASKS + tile * PATTERN_BLOCK * PATTERN_BLOCK + rows[:, None] * PATTERN_BLOCK
+                                   + cols[None, :]) != 0  # fmt: skip
+                    keep = keep | (mask_id < 0)
+                    acc, l_i, m_i, v_unit = _fwd_block(
+                        acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
+                        head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep, BLOCK_N,
+                        BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                        P_SHIFT, True)  # fmt: skip
+                else:
+                    acc, l_i, m_i, v_unit = _fwd_block(
+                        acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
+                        head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, None, BLOCK_N,
+                        BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                        P_SHIFT, False)  # fmt: skip
+    return acc, l_i, m_i, v_unit
+
+
+@triton.jit
+def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width,
              stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
              stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
              seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
              GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
              WRITE_LSE: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
-             UPCAST: tl.constexpr, FP8: tl.constexpr, OUT_DTYPE: tl.constexpr, P_SHIFT: tl.constexpr):  # fmt: skip
+             UPCAST: tl.constexpr, FP8: tl.constexpr, OUT_DTYPE: tl.constexpr, P_SHIFT: tl.constexpr,
+             SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
     batch*heads_q)``. ``FP8``: Q, K, V come from ``quantize_blocks`` (V transposed) with their scales
     ``QS`` ``(batch, heads_q, cdiv(seqlen_q, BLOCK_M))`` and ``KS``, ``VS`` ``(batch, heads_kv,
     cdiv(seqlen_k, BLOCK_N))``, and P is cast at ``2**P_SHIFT`` times its value (FA3 uses 8); otherwise
     the scales are unused and ``P_SHIFT`` is 0. (Quantizing Q here instead of in a prepass was tried:
-    the rotation's matrix in shared memory halved the programs per SM, and it ran 12% slower.)"""
+    the rotation's matrix in shared memory halved the programs per SM, and it ran 12% slower.)
+    ``SPARSE``: the key blocks come from a block-sparse pattern's lists (``_fwd_sparse``); else the
+    pointers ``KV_COUNT`` .. ``MASKS`` are unused."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
@@ -273,13 +337,21 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS,
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
-    for part in tl.static_range(3):  # masked head, unmasked middle, masked tail
-        lo_n, hi_n = _part(part, first, full_first, full_last, last)
-        acc, l_i, m_i, v_unit = _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, lo_n, hi_n,
-                                           seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi,
-                                           qk_scale, softcap, k_scales, v_scales, BLOCK_N, BLOCK_D, BLOCK_DV,
-                                           part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST,
-                                           FP8, P_SHIFT)  # fmt: skip
+    if SPARSE:
+        acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first,
+                                            full_first, full_last, last, seqlen_k, stride_ks, stride_vs, head_dim,
+                                            head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
+                                            KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M, BLOCK_N, BLOCK_D,
+                                            BLOCK_DV, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                                            P_SHIFT, PATTERN_BLOCK)  # fmt: skip
+    else:
+        for part in tl.static_range(3):  # masked head, unmasked middle, masked tail
+            lo_n, hi_n = _part(part, first, full_first, full_last, last)
+            acc, l_i, m_i, v_unit = _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, lo_n, hi_n,
+                                               seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo,
+                                               band_hi, qk_scale, softcap, k_scales, v_scales, BLOCK_N, BLOCK_D,
+                                               BLOCK_DV, part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                               DOT_PRECISION, UPCAST, FP8, P_SHIFT)  # fmt: skip
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     out = acc * (v_unit / tl.where(empty, 1.0, l_i))[:, None]

@@ -177,6 +177,8 @@ def gluon_forward_reason(call: AttentionCall, cap: tuple[int, int] | None, *tens
         return "the Gluon forward serves head_dim == head_dim_v in (64, 128)"
     if call.softcap is not None or call.band[0] is not None:
         return "the Gluon forward serves full and causal-type bands without softcap"
+    if call.sparsity is not None:
+        return "the Gluon forward serves no sparsity pattern (the Triton kernel skips its blocks)"
     if call.seqlen_k == 0 or not _tma_aligned(*tensors):
         return "the Gluon forward needs TMA-describable inputs"
     return _gluon_import_error()
@@ -269,6 +271,12 @@ def forward(
         return out, lse
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
                        fp32=call.dtype == torch.float32, loop_len=call.seqlen_k)  # fmt: skip
+    sparse = {}
+    if call.sparsity is not None:  # tiles no larger than the pattern's blocks, which they divide
+        block = call.sparsity.block
+        cfg = cfg._replace(block_m=min(cfg.block_m, block), block_n=min(cfg.block_n, block))
+        sparse = dict(SPARSE=True, PATTERN_BLOCK=block)
+    lists = _sparse_lists(call, q.device) if sparse else (lse, lse, lse, lse, 0)
     needs_tma = _needs_tma(call, cap)
     tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
     if needs_tma and call.seqlen_k > 0 and tiles == POINTER:
@@ -278,12 +286,45 @@ def forward(
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
     key = (call, cfg, tiles, q.stride(), k.stride(), v.stride(), _aligned_bases(q, k, v, out, lse))
     direct.launch(
-        kernels.attn_fwd, grid, key, *operands, lse, lse, lse, lse, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(out),
-        sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
+        kernels.attn_fwd, grid, key, *operands, lse, lse, lse, lse, *lists, *_bsh(q), *_bsh(k), *_bsh(v),
+        *_bsh(out), sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles, FP8=False, P_SHIFT=0.0,
-        OUT_DTYPE=_TL_DTYPES[q.dtype], num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call),
+        OUT_DTYPE=_TL_DTYPES[q.dtype], num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call), **sparse,
     )  # fmt: skip
     return out, lse
+
+
+_sparse_cache: dict[tuple, tuple] = {}
+
+
+def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
+    """A block pattern's lists on the device, as ``attn_fwd`` takes them: ``(KV_COUNT, KV_INDEX,
+    KV_MASK, MASKS, kv_width)``. ``KV_MASK[m, t]`` numbers the partial tiles, whose element masks are
+    ``MASKS`` uint8 ``(partial tiles, block, block)`` (zero past the lengths); -1 for full ones. Cached
+    per pattern and lengths."""
+    pattern, sq, sk = call.sparsity, call.seqlen_q, call.seqlen_k
+    key = (pattern.cache_key, sq, sk, device)
+    hit = _sparse_cache.get(key)
+    if hit is not None:
+        return hit
+    lists = pattern.block_lists(sq, sk)
+    block = lists.block
+    partial = (lists.kv_index >= 0) & ~lists.kv_full
+    mask_id = torch.full(lists.kv_index.shape, -1, dtype=torch.int32)
+    mask_id[partial] = torch.arange(int(partial.sum()), dtype=torch.int32)
+    masks = torch.zeros(max(int(partial.sum()), 1), block, block, dtype=torch.uint8)
+    for i, (m, t) in enumerate(partial.nonzero().tolist()):
+        n = int(lists.kv_index[m, t])
+        q0, k0 = m * block, n * block
+        q1, k1 = min(q0 + block, sq), min(k0 + block, sk)
+        tile = pattern.tile_mask(call.batch, call.heads_q, sq, sk, (q0, q1), (k0, k1), torch.device("cpu"))
+        masks[i, : q1 - q0, : k1 - k0] = 1 if tile is None else tile[0, 0].to(torch.uint8)
+    out = (lists.kv_count.to(device), lists.kv_index.to(device).contiguous(), mask_id.to(device), masks.to(device),
+           lists.kv_index.shape[1])  # fmt: skip
+    if len(_sparse_cache) >= _CACHE_LIMIT:
+        _sparse_cache.clear()
+    _sparse_cache[key] = out
+    return out
 
 
 def _quantize_qkv(
@@ -392,7 +433,7 @@ def forward_fp8(
     common = _common(call)
     common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
-        *operands, lse, qs, ks, vs, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
+        *operands, lse, qs, ks, vs, lse, lse, lse, lse, 0, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim if prequantized else dp, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype],
         P_SHIFT=p_shift,
