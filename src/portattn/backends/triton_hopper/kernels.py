@@ -260,36 +260,42 @@ def _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, k_first, k_last
 
 
 @triton.jit
-def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, seqlen_k, stride_ks, stride_vs,
-                head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, KV_COUNT, KV_INDEX,
-                KV_MASK, MASKS, kv_width, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr,
-                P_SHIFT: tl.constexpr, PATTERN_BLOCK: tl.constexpr):  # fmt: skip
+def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first, full_first, full_last, last,
+                seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
+                k_scales, v_scales, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr,
+                HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                UPCAST: tl.constexpr, FP8: tl.constexpr, P_SHIFT: tl.constexpr,
+                PATTERN_BLOCK: tl.constexpr):  # fmt: skip
     """A block-sparse pattern's key blocks for this program's rows (``BLOCK_M`` divides ``PATTERN_BLOCK``):
-    only the pattern's visible blocks (``KV_INDEX[qb, :KV_COUNT[qb]]``) are loaded, each masked by the
-    band and, if partial (``KV_MASK[qb, t] >= 0``), by its element mask ``MASKS[KV_MASK[qb, t]]`` (uint8
-    ``(PATTERN_BLOCK, PATTERN_BLOCK)``). The host drops the tiles the band excludes from the lists."""
+    only the pattern's visible blocks (``KV_INDEX[qb, :KV_COUNT[qb]]``) that meet the band are loaded;
+    a partial one (``KV_MASK[qb, t] >= 0``) applies its element mask ``MASKS[KV_MASK[qb, t]]`` (uint8
+    ``(PATTERN_BLOCK, PATTERN_BLOCK)``), and only tiles on the band's edges or partial ones are masked."""
     qb = start_m // PATTERN_BLOCK
     rows = offs_m - qb * PATTERN_BLOCK
-    SUBS: tl.constexpr = PATTERN_BLOCK // BLOCK_N
-    # one flat loop over (visible tile, sub-block), every block masked: a branch per block would keep
-    # the compiler from pipelining the loads
-    for it in range(tl.load(KV_COUNT + qb) * SUBS):
-        t = it // SUBS
+    for t in range(tl.load(KV_COUNT + qb)):
         n = tl.load(KV_INDEX + qb * kv_width + t)
         mask_id = tl.load(KV_MASK + qb * kv_width + t)
-        start_n = n * PATTERN_BLOCK + (it % SUBS) * BLOCK_N
-        cols = start_n - n * PATTERN_BLOCK + tl.arange(0, BLOCK_N)
-        tile = tl.maximum(mask_id, 0)  # a full tile reads tile 0 and keeps everything
-        keep = tl.load(MASKS + tile * PATTERN_BLOCK * PATTERN_BLOCK + rows[:, None] * PATTERN_BLOCK
-                       + cols[None, :]) != 0  # fmt: skip
-        keep = keep | (mask_id < 0)
-        acc, l_i, m_i, v_unit = _fwd_block(
-            acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
-            head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep, BLOCK_N,
-            BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
-            P_SHIFT, True)  # fmt: skip
+        for sub in range(PATTERN_BLOCK // BLOCK_N):
+            start_n = n * PATTERN_BLOCK + sub * BLOCK_N
+            if (start_n + BLOCK_N > first) & (start_n < last):
+                if (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last):
+                    cols = start_n - n * PATTERN_BLOCK + tl.arange(0, BLOCK_N)
+                    tile = tl.maximum(mask_id, 0)  # a full tile reads tile 0 and keeps everything
+                    keep = tl.load(MASKS + tile * PATTERN_BLOCK * PATTERN_BLOCK + rows[:, None] * PATTERN_BLOCK
+                                   + cols[None, :]) != 0  # fmt: skip
+                    keep = keep | (mask_id < 0)
+                    acc, l_i, m_i, v_unit = _fwd_block(
+                        acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
+                        head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep, BLOCK_N,
+                        BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                        P_SHIFT, True)  # fmt: skip
+                else:
+                    acc, l_i, m_i, v_unit = _fwd_block(
+                        acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
+                        head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, None, BLOCK_N,
+                        BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                        P_SHIFT, False)  # fmt: skip
     return acc, l_i, m_i, v_unit
 
 
@@ -332,8 +338,8 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
     if SPARSE:
-        acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, seqlen_k,
-                                            stride_ks, stride_vs, head_dim,
+        acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first,
+                                            full_first, full_last, last, seqlen_k, stride_ks, stride_vs, head_dim,
                                             head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
                                             KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M, BLOCK_N, BLOCK_D,
                                             BLOCK_DV, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,

@@ -17,7 +17,6 @@ import triton.language as tl
 from portattn import _alloc
 from portattn._device import cuda_capability
 from portattn.backends.triton_hopper import POINTER_PATH_HEAD_DIM_V, configs, direct, kernels, quant
-from portattn.sparse.blocks import BlockLists
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
@@ -308,16 +307,8 @@ def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
     hit = _sparse_cache.get(key)
     if hit is not None:
         return hit
-    states = pattern.block_states(sq, sk).clone()
-    block = pattern.block
-    lo, hi = call.band  # tiles wholly outside the band: never visited
-    q0, k0 = torch.arange(0, sq, block), torch.arange(0, sk, block)
-    q1, k1 = torch.clamp(q0 + block, max=sq) - 1, torch.clamp(k0 + block, max=sk) - 1
-    if lo is not None:
-        states[(k1[None, :] - q0[:, None]) < lo] = 0
-    if hi is not None:
-        states[(k0[None, :] - q1[:, None]) > hi] = 0
-    lists = BlockLists.from_states(states, block)
+    lists = pattern.block_lists(sq, sk)
+    block = lists.block
     partial = (lists.kv_index >= 0) & ~lists.kv_full
     mask_id = torch.full(lists.kv_index.shape, -1, dtype=torch.int32)
     mask_id[partial] = torch.arange(int(partial.sum()), dtype=torch.int32)
