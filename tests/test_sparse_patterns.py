@@ -151,8 +151,8 @@ def test_build_for_128k_tokens_is_fast_and_small():
 
 def test_explain_shows_density():
     q = torch.randn(1, 256, 2, 16)
-    text = str(portattn.explain(q, q, q, sparsity=sparse.sliding_window(16, 16, block=16), quiet=True))
-    assert "sparsity=sliding_window (" in text and "% of blocks)" in text
+    text = str(portattn.explain(q, q, q, sparsity=sparse.bigbird(16, 16, 1, block=16), quiet=True))
+    assert "sparsity=bigbird (" in text and "% of blocks)" in text
 
 
 def test_bad_patterns_are_refused():
@@ -169,3 +169,13 @@ def test_bad_patterns_are_refused():
         portattn.attention(q, q, q, sparsity=sparse.block_mask(lambda b, h, i, j: i >= j, 10, 20))
     with pytest.raises(TypeError, match="callable"):
         sparse.block_mask(3, 10, 10)
+
+
+def test_a_window_pattern_runs_as_a_band():
+    """``sliding_window`` alone folds into the call's band (the kernels' band path, no tile masks)."""
+    q = torch.randn(1, 40, 1, 16)
+    k = torch.randn(1, 50, 1, 16)
+    call = portattn.explain(q, k, k, causal=True, sparsity=sparse.sliding_window(7, 3), quiet=True).call
+    assert call.sparsity is None and call.band == (10 - 7, 10)  # off = 10: lo = off - 7, hi = min(off, off + 3)
+    both = sparse.sliding_window(7, 3) | sparse.global_tokens(1)  # a combination stays a pattern
+    assert portattn.explain(q, k, k, sparsity=both, quiet=True).call.sparsity is not None

@@ -165,6 +165,13 @@ def band_of(
     return (lo, hi)
 
 
+def _intersect(a: tuple[int | None, int | None], b: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
+    """The band both ``a`` and ``b`` allow."""
+    lo = [x for x in (a[0], b[0]) if x is not None]
+    hi = [x for x in (a[1], b[1]) if x is not None]
+    return (max(lo) if lo else None, min(hi) if hi else None)
+
+
 def _check_offload(requires_grad: bool, sparsity: Any, bias: Any, precision: Any) -> None:
     """KV offload (``k``, ``v`` in host memory, ``q`` on CUDA) streams the keys through a forward."""
     what = "k, v on the CPU with q on CUDA (KV offload)"
@@ -259,6 +266,11 @@ def normalize(
 
     if requires_grad is None:
         requires_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if sparsity is not None and sparsity.kind == "sliding_window":
+        # a window pattern alone is a band: every backend's band path serves it, with no tile masks
+        own = band if band is not None else band_of(seqlen_q, seqlen_k, causal, window, top_left)
+        band = _intersect(own, band_of(seqlen_q, seqlen_k, False, (sparsity.left, sparsity.right), False))
+        sparsity = None
     features = set()
     if causal or (band is not None and band[1] is not None):
         features.add(CAUSAL)

@@ -42,7 +42,7 @@ def test_sparse_forward_matches_reference(name, make, causal, dtype):
 def test_sparse_calls_it_does_not_serve():
     """Gradients and per-batch predicate masks go to portable, with the reasons said."""
     q = torch.randn(1, 32, 2, 16, requires_grad=True)
-    info = portattn.explain(q, q, q, sparsity=sparse.sliding_window(4, 4, block=16), quiet=True)
+    info = portattn.explain(q, q, q, sparsity=sparse.bigbird(4, 1, 1, block=16), quiet=True)
     row = next(r for r in info.rows if r.name == "triton_hopper")
     assert any("no backward" in r for r in row.reasons), row.reasons
     mask = sparse.block_mask(lambda b, h, i, j: i >= j, 32, 32, block=16)
