@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import portattn
-from portattn import sparse
+from portattn import _api, sparse
 from portattn.backends.reference.naive import attention_reference
 from portattn.sparse.blocks import EMPTY, FULL, PARTIAL
 from portattn.testing import assert_close
@@ -177,5 +177,10 @@ def test_a_window_pattern_runs_as_a_band():
     k = torch.randn(1, 50, 1, 16)
     call = portattn.explain(q, k, k, causal=True, sparsity=sparse.sliding_window(7, 3), quiet=True).call
     assert call.sparsity is None and call.band == (10 - 7, 10)  # off = 10: lo = off - 7, hi = min(off, off + 3)
+    window = sparse.sliding_window(7, 3)
+    for _ in range(2):  # the second call comes from the decision cache: still folded
+        got = _api.resolve(q, k, k, causal=True, window=None, scale=None, softcap=None, sparsity=window, bias=None,
+                           precision=None, return_lse=False, backend=None, top_left=False)[0]  # fmt: skip
+        assert got.sparsity is None and got.band == (3, 10)
     both = sparse.sliding_window(7, 3) | sparse.global_tokens(1)  # a combination stays a pattern
     assert portattn.explain(q, k, k, sparsity=both, quiet=True).call.sparsity is not None

@@ -137,7 +137,9 @@ def resolve(
     else:
         call, chosen = hit
         if sparsity is not None or bias is not None or descale is not None:
-            call = call.with_tensors(sparsity, bias, None if call.descale is None else tuple(descale))
+            # this call's own mask tensors; a pattern validation folded into the band stays folded
+            pattern = sparsity if call.sparsity is not None else None
+            call = call.with_tensors(pattern, bias, None if call.descale is None else tuple(descale))
     return call, chosen
 
 
