@@ -5,8 +5,12 @@ layout test the GPU kernels share: rows they can move in 16-byte pieces."""
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from portattn._call import AttentionCall
 
 poison = os.environ.get("PORTATTN_POISON", "") not in ("", "0")
 
@@ -16,6 +20,15 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     if poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def attention_outputs(
+    call: AttentionCall, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A forward's ``out (batch, seqlen_q, heads_q, head_dim_v)`` in ``dtype`` and ``lse`` float32
+    ``(batch, heads_q, seqlen_q)``, from ``empty``."""
+    out = empty(call.batch, call.seqlen_q, call.heads_q, call.head_dim_v, dtype=dtype, device=device)
+    return out, empty(call.batch, call.heads_q, call.seqlen_q, dtype=torch.float32, device=device)
 
 
 def rows_16b_aligned(t: torch.Tensor) -> bool:

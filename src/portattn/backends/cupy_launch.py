@@ -37,9 +37,7 @@ def forward(source: str, options: tuple[str, ...], fwd_launch: Callable, call: A
     rows the kernels can read. ``(out (batch, seqlen_q, heads_q, head_dim_v), lse float32 (batch,
     heads_q, seqlen_q))``."""
     q, k, v = (rows_aligned(t) for t in (q, k, v))
-    b, sq, hq = call.batch, call.seqlen_q, call.heads_q
-    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
-    lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    out, lse = _alloc.attention_outputs(call, q.dtype, q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
     run(source, options, fwd_launch(call, q, k, v, out, lse), device=q.device)

@@ -198,8 +198,7 @@ def forward(
     batch, heads_q, seqlen_q, dim_v = call.batch, call.heads_q, call.seqlen_q, call.head_dim_v
     device = q.device
     kh, vh = _heads_first(k), _heads_first(v)
-    out = _alloc.empty(batch, seqlen_q, heads_q, dim_v, dtype=q.dtype, device=device)
-    lse = _alloc.empty(batch, heads_q, seqlen_q, dtype=torch.float32, device=device)
+    out, lse = _alloc.attention_outputs(call, q.dtype, device)
     factor = q_factor(call)
     neg_inf = float("-inf")
     for qs in range(0, seqlen_q, block_q):

@@ -262,8 +262,7 @@ def forward(
     prepare = _contiguous if _needs_tma(call, cap) else _lastdim_contiguous
     q, k, v = (prepare(t) for t in (q, k, v))
     b, sq, hq = call.batch, call.seqlen_q, call.heads_q
-    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=q.dtype, device=q.device)
-    lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    out, lse = _alloc.attention_outputs(call, q.dtype, q.device)
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
     if _gluon_serves(call, cap, q, k, v, out):
@@ -398,8 +397,7 @@ def forward_fp8(
     b, sq, hq = call.batch, call.seqlen_q, call.heads_q
     prequantized = call.descale is not None
     out_dtype = torch.bfloat16 if prequantized else q.dtype
-    out = _alloc.empty(b, sq, hq, call.head_dim_v, dtype=out_dtype, device=q.device)
-    lse = _alloc.empty(b, hq, sq, dtype=torch.float32, device=q.device)
+    out, lse = _alloc.attention_outputs(call, out_dtype, q.device)
     if out.numel() == 0 or call.seqlen_k == 0:
         return out.zero_(), lse.fill_(float("-inf"))
     cfg = configs.pick("fwd8", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
