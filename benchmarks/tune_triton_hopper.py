@@ -1,7 +1,7 @@
 """Sweep launch configs of ``triton_hopper`` on a GPU and print the fastest per (kernel, head dim, causal).
 
     python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
-        [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current]
+        [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current] [--ws-wide]
 
 ``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
 Kernel ``fwd`` is the Triton forward (set ``PORTATTN_TRITON_GLUON=0`` at head dims 64 and 128, where
@@ -39,6 +39,15 @@ DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64
 # Key blocks of 64 and 2-stage rings lost everywhere in the first sweeps (results/h100_tune_fwdws_*).
 FWDWS = [WsConfig(64, 128, 3, 240, pp, pers) for pp in (False, True) for pers in (False, True)]
 FWDWS3 = [WsConfig(64, 128, 3, 160, False, pers, 3) for pers in (False, True)]
+# --ws-wide adds, at d=64: 4-stage rings and 256-key blocks (fewer, longer softmax steps)
+# the Gluon forward at precision="fp8" (fwdws8), per head dim
+FWDWS8 = {
+    d: [WsConfig(64, bn, st, 240, pp, pers) for bn, st in blocks for pp in (False, True) for pers in (False, True)]
+    for d, blocks in ((64, ((128, 3), (128, 4))), (128, ((128, 3), (128, 4))), (256, ((64, 3), (64, 2))))
+}
+FWDWS_WIDE = [WsConfig(64, 128, 4, 240, pp, True) for pp in (False, True)] + [
+    WsConfig(64, 256, 2, 240, pp, True) for pp in (False, True)
+]
 
 
 def main() -> None:
@@ -47,9 +56,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--head-dims", default="64,128")
-    ap.add_argument("--kernels", default="fwd,dkdv,dq", help="of fwd, fwdws, fwd8 (precision='fp8'), dkdv, dq")
+    ap.add_argument(
+        "--kernels", default="fwd,dkdv,dq", help="of fwd, fwdws, fwd8 and fwdws8 (precision='fp8'), dkdv, dq"
+    )
     ap.add_argument("--causal", default="0,1", help="0 and/or 1")
     ap.add_argument("--ws-current", action="store_true", help="fwdws: only the shipped config")
+    ap.add_argument("--ws-wide", action="store_true", help="fwdws at d=64: 4 stages and 256-key blocks too")
     ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
@@ -66,19 +78,22 @@ def main() -> None:
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
             configs.WS_OVERRIDE.clear()  # pick_ws must see the shipped table
             ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + (FWDWS3 if d <= 64 else [])
-            spaces = {"fwd": FWD, "fwdws": ws_space, "fwd8": FWD8, "dkdv": DKDV, "dq": DQ}
+            if args.ws_wide and d <= 64:
+                ws_space = ws_space + FWDWS_WIDE
+            ws8_space = [configs.pick_ws(d, causal, s, fp8=True)] if args.ws_current else FWDWS8[d]
+            spaces = {"fwd": FWD, "fwdws": ws_space, "fwd8": FWD8, "fwdws8": ws8_space, "dkdv": DKDV, "dq": DQ}
             for kernel, space in spaces.items():
                 if kernel not in args.kernels.split(","):
                     continue
                 results = []
                 for cfg in space:
                     configs.OVERRIDE.clear()
-                    configs.WS_OVERRIDE[:] = [cfg] if kernel == "fwdws" else []
-                    if kernel != "fwdws":
+                    configs.WS_OVERRIDE[:] = [cfg] if kernel.startswith("fwdws") else []
+                    if not kernel.startswith("fwdws"):
                         configs.OVERRIDE[kernel] = cfg
                     try:
-                        if kernel in ("fwd", "fwdws", "fwd8"):
-                            precision = "fp8" if kernel == "fwd8" else None
+                        precision = "fp8" if kernel in ("fwd8", "fwdws8") else None
+                        if kernel in ("fwd", "fwdws", "fwd8", "fwdws8"):
                             fn = partial(portattn.attention, q.detach(), k.detach(), v.detach(), causal=causal,
                                          precision=precision)  # fmt: skip
                             err = (fn() - ref).abs().max().item()
@@ -90,7 +105,7 @@ def main() -> None:
                             idx = {"dkdv": (1, 2), "dq": (0,)}[kernel]
                             err = max((grads[i] - ref_grads[i]).abs().max().item() for i in idx)
                             work = 2.5 * flops  # the backward's share of 3.5x
-                        if not err < (0.5 if kernel == "fwd8" else 0.1):  # FP8's max error is larger
+                        if not err < (0.5 if precision else 0.1):  # FP8's max error is larger
                             results.append((0.0, cfg, f"WRONG err={err:.3g}"))
                             continue
                         ms = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")

@@ -211,14 +211,22 @@ FP8_CASES = [
     (1, 1000, 600, 4, 4, 128, {"causal": True}),  # rows that see no key
     (1, 512, 512, 4, 4, 96, {"softcap": 30.0}),
     (1, 300, 300, 4, 4, 64, {"odd_q_strides": True}),  # Q's strides defeat TMA: Q takes the prepass
+    (1, 1000, 1000, 4, 4, 256, {"causal": True}),  # the Gluon forward at d=256
+    (2, 1500, 1300, 8, 2, 128, {}),  # GQA, key tail in the last block
 ]
 
 
 @pytest.mark.hopper
 @pytest.mark.parametrize("case", FP8_CASES, ids=[f"{c[1]}x{c[2]}-d{c[5]}-{sorted(c[6])}" for c in FP8_CASES])
-def test_fp8_forward_on_gpu(case):
+def test_fp8_forward_on_gpu(case, monkeypatch):
+    """Against a float64 emulation on the same quantized tiles, and the exact reference. Where
+    ``gluon_fp8_reason`` allows, the Gluon forward must have run (else the Triton one)."""
     from portattn._call import normalize
-    from portattn.backends.triton_hopper import configs, quant
+    from portattn.backends.triton_hopper import launch, quant
+
+    gluon_calls = []
+    real = launch._forward_gluon
+    monkeypatch.setattr(launch, "_forward_gluon", lambda *a: gluon_calls.append(1) or real(*a))
 
     b, sq, sk, hq, hk, d, kw = case
     kw = dict(kw)
@@ -233,9 +241,9 @@ def test_fp8_forward_on_gpu(case):
     call = normalize(q, k, v, causal=kw.get("causal", False), window=kw.get("window"), scale=None,
                      softcap=kw.get("softcap"), sparsity=None, bias=None, precision="fp8", return_lse=True,
                      top_left=False)  # fmt: skip
-    causal_type = call.band[1] is not None  # the launch picks the config by band, as here
-    cfg = configs.pick("fwd8", d, torch.cuda.get_device_capability(), causal=causal_type, loop_len=sk)
-    emu_out, emu_lse = quant.emulated_attention(q, k, v, cfg.block_m, cfg.block_n, **kw)
+    cap = torch.cuda.get_device_capability()
+    assert bool(gluon_calls) == (launch.gluon_fp8_reason(call, cap) is None)
+    emu_out, emu_lse = quant.emulated_attention(q, k, v, *launch.fp8_blocks(call, cap), **kw)
     exact_out, exact_lse = portattn.attention(q, k, v, backend="reference", return_lse=True, **kw)
     empty = exact_lse == float("-inf")
     assert torch.equal(lse == float("-inf"), empty)
@@ -245,6 +253,28 @@ def test_fp8_forward_on_gpu(case):
     err = (out.double() - exact_out.double()).abs()
     assert err.pow(2).mean().sqrt() < 0.02, err.pow(2).mean().sqrt()
     assert (lse.double() - exact_lse.double())[~empty].abs().max() < 0.2
+
+
+FP8_VARIANTS = [(1, 0, 2), (0, 1, 3), (1, 1, 4)]  # (pingpong, persistent, stages)
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("variant", FP8_VARIANTS, ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_fp8_gluon_variants_on_gpu(variant, head_dim, monkeypatch):
+    """The Gluon FP8 forward's schedule options, causal with odd lengths and GQA: against the emulation."""
+    from portattn.backends.triton_hopper import configs, quant
+
+    pingpong, persistent, stages = variant
+    gen = torch.Generator(device="cuda").manual_seed(head_dim)
+    q = torch.randn(2, 777, 8, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(2, 1001, 2, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    cfg = configs.WsConfig(64, 128, stages, 240, bool(pingpong), bool(persistent))
+    monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
+    out = portattn.attention(q, k, v, precision="fp8", causal=True)
+    emu = quant.emulated_attention(q, k, v, cfg.block_m, cfg.block_n, causal=True)[0]
+    err = (out.double() - emu.double()).abs()
+    assert not out.isnan().any() and err.max() < 2**-4 * v.abs().max() + 0.01 and err.mean() < 0.005, err.max()
 
 
 @pytest.mark.hopper

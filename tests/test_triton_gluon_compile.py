@@ -15,7 +15,7 @@ gluon = pytest.importorskip("triton.experimental.gluon", reason="this Triton has
 
 
 def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: int,
-             dtype: torch.dtype = torch.bfloat16):  # fmt: skip
+             dtype: torch.dtype = torch.bfloat16, fp8: bool = False, cfg=None):  # fmt: skip
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -24,32 +24,32 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: 
 
     from portattn.backends.triton_hopper import configs, gluon_fwd, launch
 
-    cfg = configs.pick_ws(head_dim, causal, 4096)
-    x = torch.empty(2, 256, 4, head_dim, dtype=dtype)  # CPU memory: only shapes and strides are read
+    cfg = cfg or configs.pick_ws(head_dim, causal, 4096, fp8)
+    in_dtype = torch.float8_e4m3fn if fp8 else dtype
+    x = torch.empty(2, 256, 4, head_dim, dtype=in_dtype)  # CPU memory: only shapes and strides are read
+    xt = torch.empty(2, head_dim, 4, 256, dtype=in_dtype)  # FP8's V: (batch, dim, heads, keys)
+    o = torch.empty(2, 256, 4, head_dim, dtype=dtype)
 
-    def desc(rows: int):
-        return TensorDescriptor(x, list(x.shape), list(x.stride()), [1, rows, 1, head_dim],
-                                launch._nvmma_layout(rows, head_dim, dtype))  # fmt: skip
+    def desc(t: torch.Tensor, rows: int, cols: int):
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, cols],
+                                launch._nvmma_layout(rows, cols, t.dtype))  # fmt: skip
 
-    descs = {"q_desc": desc(cfg.block_m), "k_desc": desc(cfg.block_n), "v_desc": desc(cfg.block_n),
-             "o_desc": desc(cfg.block_m)}  # fmt: skip
+    v_desc = desc(xt, head_dim, cfg.block_n) if fp8 else desc(x, cfg.block_n, head_dim)
+    descs = {"q_desc": desc(x, cfg.block_m, head_dim), "k_desc": desc(x, cfg.block_n, head_dim), "v_desc": v_desc,
+             "o_desc": desc(o, cfg.block_m, head_dim)}  # fmt: skip
     signature = {name: mangle_type(d) for name, d in descs.items()}
-    signature.update(lse_ptr="*fp32", seqlen_q="i32", seqlen_k="i32", heads_q="i32", band_hi="i32",
-                     qk_scale="fp32", n_m_tiles="i32", n_tiles="i32")  # fmt: skip
+    signature.update(lse_ptr="*fp32", qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", seqlen_q="i32",
+                     seqlen_k="i32", heads_q="i32", band_hi="i32", qk_scale="fp32", n_m_tiles="i32",
+                     n_tiles="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
     constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
                  "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
-                 "CONSUMER_REGS": regs}  # fmt: skip
+                 "CONSUMER_REGS": regs, "FP8": fp8}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-@pytest.mark.parametrize(
-    "head_dim,causal,pingpong,consumers",
-    [(64, False, False, 2), (128, True, False, 2), (128, False, True, 2), (64, True, False, 3)],
-)
-def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong, consumers):
-    kernel = _compile(head_dim, causal, pingpong, consumers, regs=160 if consumers == 3 else 240)
+def _check_kernel(kernel, consumers: int) -> str:
     ptx = kernel.asm["ptx"]
     assert kernel.asm["cubin"], "no cubin: ptxas did not run"
     # the consumer warpgroups and a loader warp (padded to a group)
@@ -58,6 +58,25 @@ def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong, consumers):
     assert "setmaxnreg" in ptx, "the partitions must rebalance registers"
     assert "cp.async.bulk.tensor" in ptx, "tiles must move by TMA"
     assert "st.local" not in ptx, "register spills in the PTX"
+    return ptx
+
+
+@pytest.mark.parametrize(
+    "head_dim,causal,pingpong,consumers",
+    [(64, False, False, 2), (128, True, False, 2), (128, False, True, 2), (64, True, False, 3)],
+)
+def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong, consumers):
+    kernel = _compile(head_dim, causal, pingpong, consumers, regs=160 if consumers == 3 else 240)
+    _check_kernel(kernel, consumers)
+
+
+@pytest.mark.parametrize("head_dim,causal", [(64, True), (128, False), (128, True), (256, False)])
+def test_gluon_fp8_forward_compiles_for_sm90(head_dim, causal):
+    """``precision="fp8"``: both GEMMs take e4m3 operands (P from registers), the output leaves in 16 bits."""
+    kernel = _compile(head_dim, causal, False, 2, regs=240, fp8=True)
+    ptx = _check_kernel(kernel, 2)
+    assert "e4m3.e4m3" in ptx, "the GEMMs must run on e4m3 operands"
+    assert "cvt.rn.satfinite.e4m3x2.f32" in ptx, "P must be cast to e4m3 in registers"
 
 
 def test_gluon_forward_reason_off_gpu():

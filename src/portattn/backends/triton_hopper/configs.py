@@ -106,7 +106,7 @@ SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
         (None, _W3),  # 565
     ],
     (64, True): [
-        (1024, _W2._replace(pingpong=True, persistent=True)),  # 285
+        (1024, _W2._replace(stages=4, persistent=True)),  # 299; 287 with 3 stages (h100_tune_fwdws_wide_2026-11-24b)
         (4096, _W3._replace(persistent=True)),  # 414
         (None, _W3),  # 493
     ],
@@ -117,14 +117,30 @@ SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
     ],
     (128, True): [(4096, _W2._replace(pingpong=True, persistent=True)), (None, _W2)],  # 414 / 562 / 627
 }
+# precision="fp8" on the Gluon forward (e4m3 tiles: a key block of 128 at d<=128 takes half a 16-bit
+# one's shared memory; d=256 takes 64-key blocks, its 64 KB of output staging leaving room for no more).
+# Tuned like SM90_WS (--kernels fwdws8; benchmarks/results/h100_tune_fwdws8_2026-11-24b.jsonl; TF/s at
+# 1024 / 4096 / 16384, the prepass counted). As in 16 bits, the persistent walk loses at 16k causal
+# (d=128: 430 against 605). d=64 is not tuned.
+_F2 = WsConfig(64, 128, 3, 240, persistent=True)
+_F2_256 = _F2._replace(block_n=64)
+SM90_WS8: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
+    (64, False): [(None, _F2)],
+    (64, True): [(None, _F2)],
+    (128, False): [(None, _F2)],  # 340 / 569 / 671
+    (128, True): [(4096, _F2), (None, _F2._replace(persistent=False))],  # 196 / 437 / 605
+    (256, False): [(None, _F2_256)],  # 309 / 629 / 821
+    (256, True): [(4096, _F2_256), (None, _F2_256._replace(persistent=False))],  # 183 / 469 / 759
+}
 WS_OVERRIDE: list[WsConfig] = []  # the tuning script sets it; nothing else should
 
 
-def pick_ws(head_dim: int, causal: bool, seqlen_k: int) -> WsConfig:
-    """The Gluon forward's launch for one call."""
+def pick_ws(head_dim: int, causal: bool, seqlen_k: int, fp8: bool = False) -> WsConfig:
+    """The Gluon forward's launch for one call (``fp8``: ``precision="fp8"``)."""
     if WS_OVERRIDE:
         return WS_OVERRIDE[0]
-    return next(cfg for longest, cfg in SM90_WS[(head_dim, causal)] if longest is None or seqlen_k <= longest)
+    table = SM90_WS8 if fp8 else SM90_WS
+    return next(cfg for longest, cfg in table[(head_dim, causal)] if longest is None or seqlen_k <= longest)
 
 
 # kernel -> config that replaces the table (the tuning script sets it; nothing else should)

@@ -20,8 +20,16 @@ they carry from one tile to the next.
 
 Serves the common case only: fp16/bf16, ``head_dim == head_dim_v`` in {64, 128}, no softcap, the
 band unbounded below (full or causal-type attention), TMA-describable strides. ``launch.py`` sends
-everything else to the Triton kernel. Gluon has no interpreter: CI compiles this kernel for sm90
-(``tests/test_triton_gluon_compile.py``), the GPU script runs it.
+everything else to the Triton kernel.
+
+With ``FP8`` the same program runs ``precision="fp8"`` (FlashAttention-3's low-precision forward) on the
+prepass's e4m3 tiles, head dims 64, 128 and 256: one float32 scale per consumer's query rows (``qs``)
+and per key block (``ks``, ``vs``), V transposed (the e4m3 ``wgmma`` takes its B operand K-major only),
+P cast to e4m3 at ``2**P_SHIFT`` times its value (the shift cancels in ``acc / l``), and the
+accumulator kept in units of the last V block's scale so that ``P V`` accumulates into it in place.
+
+Gluon has no interpreter: CI compiles this kernel for sm90 (``tests/test_triton_gluon_compile.py``),
+the GPU script runs it.
 """
 
 from __future__ import annotations
@@ -87,8 +95,8 @@ def _last_row0(m0, seqlen_q, BLOCK_M: gl.constexpr, CONSUMERS: gl.constexpr):
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_q,
             seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
-            CONSUMERS: gl.constexpr):  # fmt: skip
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr,
+            FP8: gl.constexpr):  # fmt: skip
     """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
     buffer), then K and V block by block into the ring."""
     slot = 0  # ring slots filled so far
@@ -110,28 +118,32 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
                 mbarrier.expect(k_bar.index(s), k_desc.block_type.nbytes)
                 _tma_load(k_desc, [b, i * BLOCK_N, hk, 0], k_bar.index(s), k_smem.index(s))
                 mbarrier.expect(v_bar.index(s), v_desc.block_type.nbytes)
-                _tma_load(v_desc, [b, i * BLOCK_N, hk, 0], v_bar.index(s), v_smem.index(s))
+                if FP8:  # V^T: (batch, dim, heads, keys)
+                    _tma_load(v_desc, [b, 0, hk, i * BLOCK_N], v_bar.index(s), v_smem.index(s))
+                else:
+                    _tma_load(v_desc, [b, i * BLOCK_N, hk, 0], v_bar.index(s), v_smem.index(s))
                 slot += 1
             n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
 
 
 @gluon.jit
-def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, qk_scale, masked,
-                  HAS_HI: gl.constexpr):  # fmt: skip
+def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, scale, masked, HAS_HI: gl.constexpr,
+                  P_SHIFT: gl.constexpr):  # fmt: skip
     """One key block of the online softmax in base 2. ``s_raw`` ``(BLOCK_M, BLOCK_N)`` float32 raw
-    ``q . k``; the running max ``m_i`` is kept unscaled (the scale is positive), so each score costs
-    one fused multiply-add. Returns ``p`` (unnormalized), the new ``m_i``, ``l_i`` and ``alpha``, the
-    factor that takes the accumulator from the old max to the new one."""
+    ``q . k``, ``scale`` this block's (positive) factor to base-2 logits; the running max ``m_i`` is
+    kept in logits, and the block's max is taken before scaling, so each score costs one fused
+    multiply-add. Returns ``p`` (unnormalized, times ``2**P_SHIFT``), the new ``m_i``, ``l_i`` and
+    ``alpha``, the factor that takes the accumulator from the old max to the new one."""
     if masked:
         cols = col0 + gl.arange(0, s_raw.shape[1], layout=gl.SliceLayout(0, s_raw.type.layout))
         keep = gl.expand_dims(cols, 0) < seqlen_k
         if HAS_HI:
             keep = keep & ((gl.expand_dims(cols, 0) - gl.expand_dims(rows, 1)) <= band_hi)
         s_raw = gl.where(keep, s_raw, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s_raw, axis=1))
-    m_use = gl.where(m_new == float("-inf"), 0.0, m_new) * qk_scale  # rows that have seen nothing yet
-    p = gl.exp2(s_raw * qk_scale - gl.expand_dims(m_use, 1))
-    alpha = gl.exp2(m_i * qk_scale - m_use)
+    m_new = gl.maximum(m_i, gl.max(s_raw, axis=1) * scale)
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
+    p = gl.exp2(s_raw * scale - gl.expand_dims(m_use - P_SHIFT, 1))
+    alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, m_new, l_i, alpha
 
@@ -163,20 +175,33 @@ def _pass_turn(turn_bar, c: gl.constexpr, k, n_issues_0, turns, PINGPONG: gl.con
 
 
 @gluon.jit
-def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, o_buf, q_free, k_smem, v_smem, o_desc, k_bar,
-                   v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k, band_hi, qk_scale, BLOCK_M: gl.constexpr,
+def _v_operand(v_smem, s, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, FP8: gl.constexpr):
+    """Ring slot ``s`` of V as the ``(BLOCK_N, HEAD_D)`` B operand of ``P V`` (FP8: a view of V^T)."""
+    if FP8:
+        return v_smem.index(s).reshape([HEAD_D, BLOCK_N]).permute((1, 0))
+    else:
+        return v_smem.index(s).reshape([BLOCK_N, HEAD_D])
+
+
+@gluon.jit
+def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free, k_smem, v_smem, o_desc,
+                   k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q,
+                   band_hi, qk_scale, q_blocks, kv_blocks, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
-                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr):  # fmt: skip
+                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr,
+                   FP8: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
     ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated. The
     output goes out through ``o_buf``: with ``O_APART`` a buffer of its own, and Q's buffer is released
     (``q_free``) once the last ``S`` lands; else Q's buffer, released by the caller after the store."""
-    dtype: gl.constexpr = o_buf.dtype
+    p_dtype: gl.constexpr = q.dtype
+    K_INSTR: gl.constexpr = 32 if FP8 else 16  # a wgmma's K: 32 bytes of each operand row
+    P_SHIFT: gl.constexpr = 8.0 if FP8 else 0.0  # P in [0, 256] spans e4m3's range; 16-bit P needs none
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])  # fmt: skip
+                                                       instr_shape=[16, BLOCK_N, K_INSTR])  # fmt: skip
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_D, 16])  # fmt: skip
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+                                                       instr_shape=[16, HEAD_D, K_INSTR])  # fmt: skip
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=K_INSTR // 8)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
@@ -193,10 +218,16 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, o_buf, q_free,
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=row_s)
     l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_s)
     acc = gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout)
+    v_unit = gl.to_tensor(1.0)  # FP8: acc's unit, the scale of the last V block it holds
     # S's "accumulator" (ignored: use_acc=False) is a constant the compiler can rematerialize; the
     # last scores would instead stay live across the loop's back edge
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
     if n_blocks > 0:
+        scale = qk_scale
+        kv_scales = (b * (heads_q // GROUP) + hk) * kv_blocks
+        if FP8:
+            scale = qk_scale * gl.load(qs_ptr + bh * q_blocks + row0 // BLOCK_M)
+            v_unit = gl.load(vs_ptr + kv_scales)
         s = slot % STAGES
         mbarrier.wait(k_bar.index(s), (slot // STAGES) & 1)
         k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
@@ -204,32 +235,41 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, o_buf, q_free,
         s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
         turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
         s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
-        p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, qk_scale,
-                                           full_blocks == 0, HAS_HI)  # fmt: skip
-        p_op = gl.convert_layout(p.to(dtype), p_layout)  # carried as 16-bit: half the registers
+        block_scale = scale
+        if FP8:
+            block_scale = scale * gl.load(ks_ptr + kv_scales)
+        p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, block_scale,
+                                           full_blocks == 0, HAS_HI, P_SHIFT)  # fmt: skip
+        p_op = gl.convert_layout(p.to(p_dtype), p_layout)  # carried in the operand's width: fewer registers
         for i in range(1, n_blocks):
             prev = (slot + i - 1) % STAGES
             s = (slot + i) % STAGES
+            if FP8:  # issued early: the loads' latency hides behind the GEMMs
+                block_scale = scale * gl.load(ks_ptr + kv_scales + i)
+                v_next = gl.load(vs_ptr + kv_scales + i)
             mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)
             mbarrier.wait(v_bar.index(prev), ((slot + i - 1) // STAGES) & 1)
             k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
             _take_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
-            acc = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+            acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
             turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
-            p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, qk_scale,
-                                               i >= full_blocks, HAS_HI)  # fmt: skip
+            p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, block_scale,
+                                               i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
             acc = warpgroup_mma_wait(0, deps=(acc,))
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            p_op = gl.convert_layout(p.to(p_dtype), p_layout)
             mbarrier.arrive(empty_bar.index(prev), count=1)
+            if FP8:  # acc moves to the unit of the V block whose P V comes next
+                alpha = alpha * (v_unit / v_next)
+                v_unit = v_next
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
         if O_APART:  # every S has landed: the loader may bring the next tile's Q while P V and the store run
             mbarrier.arrive(q_free, count=1)
         prev = (slot + n_blocks - 1) % STAGES
         mbarrier.wait(v_bar.index(prev), ((slot + n_blocks - 1) // STAGES) & 1)
         _take_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
-        acc = warpgroup_mma(p_op, v_smem.index(prev).reshape([BLOCK_N, HEAD_D]), acc, is_async=True)
+        acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
         turns = _pass_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty_bar.index(prev), count=1)
@@ -242,14 +282,14 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, o_buf, q_free,
         mbarrier.arrive(empty_bar.index(s), count=1)
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
-    inv = gl.convert_layout(1.0 / gl.where(empty, 1.0, l_i), row_o)
-    out = (acc * gl.expand_dims(inv, 1)).to(dtype)
+    inv = gl.convert_layout(v_unit / gl.where(empty, 1.0, l_i), row_o)
+    out = (acc * gl.expand_dims(inv, 1)).to(o_buf.dtype)
     if O_APART:
         tma.store_wait(0)  # the previous tile's output has left the buffer
     o_buf.reshape([BLOCK_M, HEAD_D]).store(out)
     fence_async_shared()
     _tma_store(o_desc, [b, row0, h, 0], o_buf)
-    lse = gl.where(empty, float("-inf"), (m_i * qk_scale + gl.log2(gl.where(empty, 1.0, l_i))) * LN2)
+    lse = gl.where(empty, float("-inf"), (m_i - P_SHIFT + gl.log2(gl.where(empty, 1.0, l_i))) * LN2)
     gl.store(lse_ptr + bh * seqlen_q + rows, lse, mask=rows < seqlen_q)
     return slot + n_blocks_all, turns
 
@@ -257,12 +297,13 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, slot, turns, q, o_buf, q_free,
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr, O_APART: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
-    (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q,
-     seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles) = shared  # fmt: skip
+    (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr,
+     ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
+     kv_blocks) = shared  # fmt: skip
     q = q_smem.index(c).reshape([BLOCK_M, HEAD_D])
     o_buf = o_smem.index(c)
     slot = 0
@@ -271,12 +312,13 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
     for k in range(gl.cdiv(n_tiles, gl.num_programs(0))):
         t = _round_tile(k)
         if t < n_tiles:
-            m0, bh, b, h, _ = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
+            m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
             mbarrier.wait(q_bar.index(c), n_done & 1)
-            slot, turns = _consumer_tile(c, m0, bh, b, h, slot, turns, q, o_buf, q_free.index(c), k_smem, v_smem,
-                                          o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, seqlen_q, seqlen_k,
-                                          band_hi, qk_scale, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG,
-                                          CONSUMERS, O_APART)  # fmt: skip
+            slot, turns = _consumer_tile(c, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free.index(c), k_smem,
+                                          v_smem, o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr,
+                                          vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, q_blocks, kv_blocks,
+                                          GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                                          O_APART, FP8)  # fmt: skip
             if not O_APART:
                 tma.store_wait(0)
                 mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
@@ -285,27 +327,31 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
 
 
 @gluon.jit
-def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
-                n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-                CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):  # fmt: skip
+def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q,
+                band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks, kv_blocks, GROUP: gl.constexpr,
+                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
+                HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
+                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
     BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
     cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
     ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
     heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
-    offset (key - query <= band_hi) when ``HAS_HI``."""
+    offset (key - query <= band_hi) when ``HAS_HI``. ``FP8``: Q and K are e4m3, V is e4m3 ``(batch,
+    HEAD_D, heads_kv, keys)`` with blocks ``(1, HEAD_D, 1, BLOCK_N)``, and the float32 scales are ``qs``
+    ``(batch, heads_q, q_blocks)`` per ``BLOCK_M`` query rows and ``ks``, ``vs`` ``(batch, heads_kv,
+    kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused."""
     gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
-    # the output gets staging buffers of its own where shared memory has room (d=64), so that Q's can
-    # take the next tile's Q early; else Q's buffers stage it
+    # the output gets staging buffers of its own where shared memory has room (d=64; FP8, whose Q
+    # buffers are too narrow for it), so that Q's can take the next tile's Q early; else Q's stage it
     ROW_BYTES: gl.constexpr = HEAD_D * dtype.primitive_bitwidth // 8
-    O_APART: gl.constexpr = (2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES <= 200 * 1024
+    O_APART: gl.constexpr = FP8 | ((2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES <= 200 * 1024)
     if O_APART:
-        o_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
     else:
         o_smem = q_smem
     q_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
@@ -326,16 +372,19 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     fence_async_shared()
 
     shared = (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
-              seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles)  # fmt: skip
+              qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
+              kv_blocks)  # fmt: skip
     # the partition list must be a literal: a variable holding the partition functions does not compile
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
-                           HAS_HI, CONSUMERS)),
+                           HAS_HI, CONSUMERS, FP8)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
@@ -343,12 +392,15 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, seqlen_q, seqlen_k, hea
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
-                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS, O_APART)),
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8)),
+                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
-                           HAS_HI, CONSUMERS)),
+                           HAS_HI, CONSUMERS, FP8)),
             ],
             [4, 4, 1],
             [CONSUMER_REGS, CONSUMER_REGS, 24],

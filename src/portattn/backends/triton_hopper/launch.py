@@ -184,6 +184,20 @@ def gluon_forward_reason(call: AttentionCall, cap: tuple[int, int] | None, *tens
     return _gluon_import_error()
 
 
+def gluon_fp8_reason(call: AttentionCall, cap: tuple[int, int] | None) -> str | None:
+    """Why a ``precision="fp8"`` forward does not run the Gluon kernel, or None when it does (then the
+    prepass tiles for it; its outputs are padded, 16-byte aligned)."""
+    if os.environ.get(GLUON_ENV, "") == "0":
+        return f"{GLUON_ENV}=0"
+    if cap is None or cap[0] != 9:
+        return "the Gluon forward needs sm90 (wgmma)"
+    if call.head_dim != call.head_dim_v or call.head_dim not in (64, 128, 256):
+        return "the Gluon FP8 forward serves head_dim == head_dim_v in (64, 128, 256)"
+    if call.softcap is not None or call.band[0] is not None:
+        return "the Gluon forward serves full and causal-type bands without softcap"
+    return _gluon_import_error()
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -194,7 +208,7 @@ def _nvmma_layout(rows: int, dim: int, dtype: torch.dtype):
     """The shared-memory layout of a ``(1, rows, 1, dim)`` TMA block (made once: a call's host time counts)."""
     from triton.experimental.gluon import language as gl
 
-    element = gl.float16 if dtype == torch.float16 else gl.bfloat16
+    element = {torch.float16: gl.float16, torch.float8_e4m3fn: gl.float8e4nv}.get(dtype, gl.bfloat16)
     return gl.NVMMASharedLayout.get_default_for([1, rows, 1, dim], element)
 
 
@@ -202,7 +216,7 @@ _gluon_plans: dict[tuple, tuple] = {}
 
 
 def _gluon_key(call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple:
-    return (call, q.stride(), k.stride(), v.stride())
+    return (call, q.stride(), k.stride(), v.stride(), q.shape[1], k.shape[1])  # FP8's tiles are padded
 
 
 def _gluon_serves(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, out: torch.Tensor) -> bool:
@@ -213,43 +227,51 @@ def _gluon_serves(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, out
     return gluon_forward_reason(call, cap, q, k, v, out) is None
 
 
-def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.Tensor) -> None:
+def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.Tensor,
+                   scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:  # fmt: skip
+    """The Gluon forward; with ``scales`` ``(qs, ks, vs)`` on the FP8 prepass's tiles (V transposed)."""
     from portattn.backends.triton_hopper import gluon_fwd
 
-    hi = call.band[1]
-    cfg = configs.pick_ws(call.head_dim, hi is not None, call.seqlen_k)
+    fp8 = scales is not None
+    cfg = configs.pick_ws(call.head_dim, call.band[1] is not None, call.seqlen_k, fp8)
     key = _gluon_key(call, q, k, v)
     plan = _gluon_plans.get(key)
     if plan is None or plan[0] != cfg:
-        plan = _gluon_plan(call, cfg, q, k, v, out)
+        plan = _gluon_plan(call, cfg, q, k, v, out, scales)
         if len(_gluon_plans) >= _CACHE_LIMIT:
             _gluon_plans.clear()
         _gluon_plans[key] = plan
     _, templates, grid, scalars, constants = plan
     descriptors = [direct.rebased(d, t) for d, t in zip(templates, (q, k, v, out), strict=True)]
-    direct.launch(gluon_fwd.attn_fwd_ws, grid, (key, cfg), *descriptors, lse, *scalars, **constants)
+    scale_ptrs = scales if fp8 else (lse, lse, lse)
+    direct.launch(gluon_fwd.attn_fwd_ws, grid, (key, cfg), *descriptors, lse, *scale_ptrs, *scalars, **constants)
 
 
-def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.Tensor) -> tuple:
+def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.Tensor, scales) -> tuple:
     """What the Gluon forward's launch needs for one call signature: descriptor templates (validated
     here once, without a base), the grid, the runtime scalars and the constants."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     d, hi = call.head_dim, call.band[1]
+    fp8 = scales is not None
     templates = []
-    for t, rows in ((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n), (out, cfg.block_m)):
-        desc = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, d], _nvmma_layout(rows, d, t.dtype))
+    # FP8's V is (batch, dim, heads, keys): its block is (1, dim, 1, keys)
+    v_block = (d, cfg.block_n) if fp8 else (cfg.block_n, d)
+    for t, (rows, cols) in ((q, (cfg.block_m, d)), (k, (cfg.block_n, d)), (v, v_block), (out, (cfg.block_m, d))):
+        layout = _nvmma_layout(rows, cols, t.dtype)
+        desc = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, cols], layout)
         desc.base = None  # a template must not keep the first call's tensor alive
         templates.append(desc)
     n_m_tiles = triton.cdiv(call.seqlen_q, cfg.consumers * cfg.block_m)
     n_tiles = n_m_tiles * call.batch * call.heads_q
     programs = min(n_tiles, _sm_count(q.device)) if cfg.persistent else n_tiles
+    q_blocks, kv_blocks = (scales[0].shape[2], scales[1].shape[2]) if fp8 else (0, 0)
     scalars = (call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
-               n_m_tiles, n_tiles)  # fmt: skip
+               n_m_tiles, n_tiles, q_blocks, kv_blocks)  # fmt: skip
     constants = dict(
         GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
         HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
-        num_warps=4,
+        FP8=fp8, num_warps=4,
     )  # fmt: skip
     return cfg, templates, (programs,), scalars, constants
 
@@ -347,7 +369,11 @@ def _quantize_qkv(
     ks = torch.empty(b, hk, kv_blocks, dtype=torch.float32, device=q.device)
     vs = torch.empty(b, hk, kv_blocks, dtype=torch.float32, device=q.device)
     q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
-    kernels.quantize_qkv[(max(q_blocks, kv_blocks), b * hq, 3)](
+    # every value Triton specializes on: the outputs' layouts follow from these
+    key = (q.shape, k.shape, v.shape, q.dtype, q.stride(), k.stride(), v.stride(), block_q, block_kv,
+           rotation is not None, num_warps, _aligned_bases(q, k, v, q8, k8, v8, qs, ks, vs))  # fmt: skip
+    direct.launch(
+        kernels.quantize_qkv, (max(q_blocks, kv_blocks), b * hq, 3), key,
         q, k, v, q8, k8, v8, qs, ks, vs, rotation if rotation is not None else qs, *_bsh(q), *_bsh(k), *_bsh(v),
         q8.stride(0), q8.stride(1), q8.stride(2), k8.stride(0), k8.stride(1), k8.stride(2),
         v8.stride(0), v8.stride(1), v8.stride(2), sq, sk, hq, hk, d, dv, 1.0 / math.sqrt(dp),
@@ -385,6 +411,19 @@ def _pad_prequantized(
     return padded, _block_scales(descale, group, blocks)
 
 
+def _fp8_config(call: AttentionCall, cap: tuple[int, int] | None, gluon: bool):
+    causal = call.band[1] is not None
+    if gluon:
+        return configs.pick_ws(call.head_dim, causal, call.seqlen_k, fp8=True)
+    return configs.pick("fwd8", max(call.head_dim, call.head_dim_v), cap, causal=causal, loop_len=call.seqlen_k)
+
+
+def fp8_blocks(call: AttentionCall, cap: tuple[int, int] | None) -> tuple[int, int]:
+    """``(query rows, keys)`` per FP8 scale in a ``precision="fp8"`` forward of ``call`` (the prepass's tiles)."""
+    cfg = _fp8_config(call, cap, gluon_fp8_reason(call, cap) is None)
+    return cfg.block_m, cfg.block_n
+
+
 def forward_fp8(
     call: AttentionCall, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, rotate: bool = True,
     per_tensor: bool = False, p_shift: float = 8.0,
@@ -392,7 +431,9 @@ def forward_fp8(
     """``precision="fp8"``: the prepass (rotation of Q and K, block scales, e4m3; V transposed), then the
     forward kernel on e4m3 tiles, P cast at ``2**p_shift`` times its value. ``rotate=False``,
     ``per_tensor=True`` and ``p_shift=0`` give the accuracy benchmark's baselines. Float8 inputs with
-    ``call.descale`` skip the prepass (no rotation: the caller quantized) and give a bfloat16 output."""
+    ``call.descale`` skip the prepass (no rotation: the caller quantized) and give a bfloat16 output.
+    On sm90 at head dims 64, 128 and 256 the Gluon forward runs the tiles (``gluon_fp8_reason``); else,
+    and for ``p_shift != 8``, the Triton kernel."""
     cap = _capability(q)
     b, sq, hq = call.batch, call.seqlen_q, call.heads_q
     prequantized = call.descale is not None
@@ -400,8 +441,8 @@ def forward_fp8(
     out, lse = _alloc.attention_outputs(call, out_dtype, q.device)
     if out.numel() == 0 or call.seqlen_k == 0:
         return out.zero_(), lse.fill_(float("-inf"))
-    cfg = configs.pick("fwd8", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
-                       loop_len=call.seqlen_k)  # fmt: skip
+    gluon = p_shift == 8.0 and gluon_fp8_reason(call, cap) is None
+    cfg = _fp8_config(call, cap, gluon)
     bm, bn = cfg.block_m, cfg.block_n
     dp, dvp = _block_d(call.head_dim), _block_d(call.head_dim_v)
     if prequantized:
@@ -422,6 +463,9 @@ def forward_fp8(
     else:
         rotation = quant.signed_hadamard(dp, q.device, q.dtype) if rotate else None
         q8, qs, k8, ks, v8, vs = _quantize_qkv(q, k, v, bm, bn, rotation)
+    if gluon:
+        _forward_gluon(call, q8, k8, v8, out, lse, (qs, ks, vs))
+        return out, lse
     # on a GPU the backend's reasons guarantee sm90 and a TMA-compatible output; the interpreter runs
     # the pointer path unless PORTATTN_TRITON_TMA=host (in-kernel descriptors: no FP8 variant)
     tiles = HOST_TMA if cap is not None else _tiles(cap, True, q8, k8, v8, out)
