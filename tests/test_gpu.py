@@ -400,7 +400,7 @@ def test_cuda_volta_on_gpu(case):
     assert result.status == "pass", result.message
 
 
-# block-sparse patterns through triton_hopper's forward (its sparse backward does not exist yet)
+# block-sparse patterns through triton_hopper's forward and backward
 SPARSE_GPU = [
     ("bigbird", dict(causal=False), lambda: __import__("portattn").sparse.bigbird(256, 128, 2, seed=3)),
     ("window", dict(causal=True), lambda: __import__("portattn").sparse.sliding_window(700, 0)),
@@ -424,3 +424,27 @@ def test_sparse_forward_on_gpu(name, kw, make, head_dim):
                                       return_lse=True, **kw)  # fmt: skip
     assert_close(out, ref, *tolerances.forward(torch.bfloat16))
     assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("name,kw,make", SPARSE_GPU, ids=[s[0] for s in SPARSE_GPU])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sparse_backward_on_gpu(name, kw, make, head_dim):
+    """dQ, dK, dV of a pattern (the kernels' list walks) against the float64 reference's autograd."""
+    from portattn.backends.reference.naive import attention_reference
+    from portattn.testing import assert_close, tolerances
+
+    gen = torch.Generator(device="cuda").manual_seed(head_dim + 1)
+    q = torch.randn(1, 1500, 8, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(1, 1700, 2, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    dout = torch.randn(1, 1500, 8, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+    pattern = make()
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = portattn.attention(*leaves, sparsity=pattern, backend="triton_hopper", **kw)
+    got = torch.autograd.grad(out, leaves, dout)
+    call = portattn.explain(q, k, v, sparsity=pattern, quiet=True, **kw).call
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    want = torch.autograd.grad(attention_reference(call, *exact)[0], exact, dout.double())
+    for what, g, w in zip("qkv", got, want, strict=True):
+        assert not g.isnan().any(), f"d{what}: NaN"
+        assert_close(g, w.float(), *tolerances.backward(torch.bfloat16), what=f"d{what}")

@@ -80,8 +80,6 @@ class TritonHopperBackend(Backend):
     def extra_reasons(self, call: AttentionCall) -> list[str]:
         if call.sparsity is not None:
             reasons = []
-            if _call.BACKWARD in call.features:
-                reasons.append("sparsity patterns have no backward here yet (portable serves it)")
             if _call.FP8 in call.features:
                 reasons.append("precision='fp8' takes no sparsity pattern")
             if getattr(call.sparsity, "per_head", False):

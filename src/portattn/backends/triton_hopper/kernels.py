@@ -260,6 +260,15 @@ def _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, k_first, k_last
 
 
 @triton.jit
+def _pattern_keep(MASKS, mask_id, rows, cols, PATTERN_BLOCK: tl.constexpr):
+    """A pattern tile's element mask at ``rows`` x ``cols`` (offsets inside the tile): the partial
+    tile ``mask_id``'s, or everything when ``mask_id < 0`` (a full tile: tile 0 is read and ignored)."""
+    keep = tl.load(MASKS + tl.maximum(mask_id, 0) * PATTERN_BLOCK * PATTERN_BLOCK + rows[:, None] * PATTERN_BLOCK
+                   + cols[None, :]) != 0  # fmt: skip
+    return keep | (mask_id < 0)
+
+
+@triton.jit
 def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first, full_first, full_last, last,
                 seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                 k_scales, v_scales, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M: tl.constexpr,
@@ -280,11 +289,7 @@ def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first
             start_n = n * PATTERN_BLOCK + sub * BLOCK_N
             if (start_n + BLOCK_N > first) & (start_n < last):
                 if (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last):
-                    cols = start_n - n * PATTERN_BLOCK + tl.arange(0, BLOCK_N)
-                    tile = tl.maximum(mask_id, 0)  # a full tile reads tile 0 and keeps everything
-                    keep = tl.load(MASKS + tile * PATTERN_BLOCK * PATTERN_BLOCK + rows[:, None] * PATTERN_BLOCK
-                                   + cols[None, :]) != 0  # fmt: skip
-                    keep = keep | (mask_id < 0)
+                    keep = _pattern_keep(MASKS, mask_id, rows, sub * BLOCK_N + tl.arange(0, BLOCK_N), PATTERN_BLOCK)
                     acc, l_i, m_i, v_unit = _fwd_block(
                         acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
                         head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep, BLOCK_N,
@@ -415,7 +420,46 @@ def quantize_qkv(Q, K, V, QY, KY, VY, QS, KS, VS, M,
 
 
 @triton.jit
-def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
+def _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, DELTA, DQ_ACC, seqlen_q,
+                stride_qs, stride_dos, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, keep_t,
+                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
+                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                HAS_KEEP: tl.constexpr):  # fmt: skip
+    """One query block ``[start_m, start_m + BLOCK_M)`` of a dK/dV program's keys ``offs_n``: adds its
+    ``P^T dO`` to ``dv`` and ``dS^T Q`` to ``dk``. ``MASKED``: apply the band and, with ``HAS_KEEP``,
+    ``keep_t`` ``(BLOCK_N, BLOCK_M)`` (a sparsity pattern's element mask, transposed)."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
+    do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
+    in_rows = offs_m < seqlen_q
+    lse = tl.load(LSE + rows_base + offs_m, mask=in_rows, other=0.0)
+    lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
+    delta = tl.load(DELTA + rows_base + offs_m, mask=in_rows, other=0.0)
+    kq = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST)  # [BLOCK_N, BLOCK_M]
+    s, t = _scores(kq, qk_scale, softcap, HAS_SOFTCAP)
+    p = tl.math.exp2(s - lse[None, :])
+    if MASKED:
+        mask = _band_mask(offs_n, offs_m, seqlen_q, -band_hi, -band_lo, HAS_HI, HAS_LO)
+        if HAS_KEEP:
+            mask = mask & keep_t
+        p = tl.where(mask, p, 0.0)
+    dv += _dot(p.to(do.dtype), do, DOT_PRECISION, UPCAST)
+    dp = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST)
+    ds = p * (dp - delta[None, :])
+    if HAS_SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    dk += _dot(ds.to(q.dtype), q, DOT_PRECISION, UPCAST)
+    if ATOMIC_DQ:
+        dq = _dot(tl.trans(ds.to(k.dtype)), k, DOT_PRECISION, UPCAST)  # [BLOCK_M, BLOCK_D]
+        cols = tl.arange(0, BLOCK_D)
+        tl.atomic_add(DQ_ACC + (rows_base + offs_m)[:, None] * BLOCK_D + cols[None, :], dq,
+                      mask=in_rows[:, None], sem="relaxed")  # fmt: skip
+    return dk, dv
+
+
+@triton.jit
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_MASK, MASKS, q_width,
                   stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                   stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                   stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
@@ -423,13 +467,16 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                   GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                   TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                  ATOMIC_DQ: tl.constexpr):  # fmt: skip
+                  ATOMIC_DQ: tl.constexpr, SPARSE: tl.constexpr = False,
+                  PATTERN_BLOCK: tl.constexpr = 128):  # fmt: skip
     """One program: ``BLOCK_N`` keys of one (batch, kv head), summing over the head's query group.
 
     Grid ``(cdiv(seqlen_k, BLOCK_N), batch*heads_kv)``; without ``ATOMIC_DQ`` no atomics, deterministic.
     ``ATOMIC_DQ`` also adds each block's ``dS^T K`` into ``DQ_ACC`` (float32 ``(batch, heads_q,
     seqlen_q, BLOCK_D)``, zeroed, unscaled) with atomics, so that no dQ kernel recomputes P and dP:
-    two matmuls of seven fewer, in an order that varies from run to run."""
+    two matmuls of seven fewer, in an order that varies from run to run. ``SPARSE``: only the query
+    blocks of a block-sparse pattern's transposed lists (``Q_INDEX[kb, :Q_COUNT[kb]]``, partial ones
+    masked by ``MASKS[Q_MASK[kb, t]]``, as in ``_fwd_sparse``) are visited; else those are unused."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = bh // heads_kv
@@ -445,39 +492,44 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     first, full_first, full_last, last = _span(start_n, start_n + BLOCK_N, seqlen_q, -band_hi, -band_lo,
                                                BLOCK_M, HAS_HI, HAS_LO, False)  # fmt: skip
     heads_q = heads_kv * GROUP
+    kb = start_n // PATTERN_BLOCK
+    cols = offs_n - kb * PATTERN_BLOCK  # the keys' offsets inside their pattern block
     for g in range(GROUP):
         h = hk * GROUP + g
         q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
         do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
                         TILES)  # fmt: skip
         rows_base = (b * heads_q + h) * seqlen_q
-        for part in tl.static_range(3):
-            lo_m, hi_m = _part(part, first, full_first, full_last, last)
-            for start_m in tl.range(lo_m, hi_m, BLOCK_M):
-                offs_m = start_m + tl.arange(0, BLOCK_M)
-                q = _tile(q_head, start_m, seqlen_q, stride_qs, head_dim, BLOCK_M, BLOCK_D, TILES)
-                do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
-                in_rows = offs_m < seqlen_q
-                lse = tl.load(LSE + rows_base + offs_m, mask=in_rows, other=0.0)
-                lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
-                delta = tl.load(DELTA + rows_base + offs_m, mask=in_rows, other=0.0)
-                kq = _dot(k, tl.trans(q), DOT_PRECISION, UPCAST)  # [BLOCK_N, BLOCK_M]
-                s, t = _scores(kq, qk_scale, softcap, HAS_SOFTCAP)
-                p = tl.math.exp2(s - lse[None, :])
-                if part != 1:
-                    mask = _band_mask(offs_n, offs_m, seqlen_q, -band_hi, -band_lo, HAS_HI, HAS_LO)
-                    p = tl.where(mask, p, 0.0)
-                dv += _dot(p.to(do.dtype), do, DOT_PRECISION, UPCAST)
-                dp = _dot(v, tl.trans(do), DOT_PRECISION, UPCAST)
-                ds = p * (dp - delta[None, :])
-                if HAS_SOFTCAP:
-                    ds = ds * (1.0 - t * t)
-                dk += _dot(ds.to(q.dtype), q, DOT_PRECISION, UPCAST)
-                if ATOMIC_DQ:
-                    dq = _dot(tl.trans(ds.to(k.dtype)), k, DOT_PRECISION, UPCAST)  # [BLOCK_M, BLOCK_D]
-                    cols = tl.arange(0, BLOCK_D)
-                    tl.atomic_add(DQ_ACC + (rows_base + offs_m)[:, None] * BLOCK_D + cols[None, :], dq,
-                                  mask=in_rows[:, None], sem="relaxed")  # fmt: skip
+        if SPARSE:
+            for t in range(tl.load(Q_COUNT + kb)):
+                m = tl.load(Q_INDEX + kb * q_width + t)
+                mask_id = tl.load(Q_MASK + kb * q_width + t)
+                for sub in range(PATTERN_BLOCK // BLOCK_M):
+                    start_m = m * PATTERN_BLOCK + sub * BLOCK_M
+                    if (start_m + BLOCK_M > first) & (start_m < last):
+                        if (mask_id >= 0) | (start_m < full_first) | (start_m + BLOCK_M > full_last):
+                            rows = sub * BLOCK_M + tl.arange(0, BLOCK_M)
+                            keep_t = tl.trans(_pattern_keep(MASKS, mask_id, rows, cols, PATTERN_BLOCK))
+                            dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE,
+                                                 DELTA, DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim,
+                                                 head_dim_v, band_lo, band_hi, qk_scale, softcap, keep_t, BLOCK_M,
+                                                 BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                                 DOT_PRECISION, UPCAST, ATOMIC_DQ, True)  # fmt: skip
+                        else:
+                            dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE,
+                                                 DELTA, DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim,
+                                                 head_dim_v, band_lo, band_hi, qk_scale, softcap, None, BLOCK_M,
+                                                 BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                                 DOT_PRECISION, UPCAST, ATOMIC_DQ, False)  # fmt: skip
+        else:
+            for part in tl.static_range(3):
+                lo_m, hi_m = _part(part, first, full_first, full_last, last)
+                for start_m in tl.range(lo_m, hi_m, BLOCK_M):
+                    dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, DELTA,
+                                         DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim, head_dim_v, band_lo,
+                                         band_hi, qk_scale, softcap, None, BLOCK_M, BLOCK_D, BLOCK_DV, part != 1,
+                                         HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, ATOMIC_DQ,
+                                         False)  # fmt: skip
     dk_head = _head(DK, b, hk, stride_dkb, stride_dkh, stride_dks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
     dv_head = _head(DV, b, hk, stride_dvb, stride_dvh, stride_dvs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV,
                     TILES)  # fmt: skip
@@ -489,15 +541,43 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
+def _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs, head_dim,
+              head_dim_v, band_lo, band_hi, qk_scale, softcap, keep, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              BLOCK_DV: tl.constexpr, MASKED: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr,
+              HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+              HAS_KEEP: tl.constexpr):  # fmt: skip
+    """One key block ``[start_n, start_n + BLOCK_N)`` of a dQ program: adds its ``dS K`` to ``dq``.
+    ``MASKED``: apply the band and, with ``HAS_KEEP``, ``keep`` (a pattern's element mask)."""
+    k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
+    v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
+    qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
+    s, t = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
+    p = tl.math.exp2(s - lse[:, None])
+    if MASKED:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        mask = _band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI)
+        if HAS_KEEP:
+            mask = mask & keep
+        p = tl.where(mask, p, 0.0)
+    dp = _dot(do, tl.trans(v), DOT_PRECISION, UPCAST)
+    ds = p * (dp - delta[:, None])
+    if HAS_SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    return dq + _dot(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
+
+
+@triton.jit
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                 stride_dqb, stride_dqs, stride_dqh,
                 seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
-    """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's."""
+                TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128):  # fmt: skip
+    """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's;
+    ``SPARSE`` walks the pattern's lists as the forward does."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
@@ -515,22 +595,35 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ,
     # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, False)  # fmt: skip
-    for part in tl.static_range(3):
-        lo_n, hi_n = _part(part, first, full_first, full_last, last)
-        for start_n in tl.range(lo_n, hi_n, BLOCK_N):
-            k = _tile(k_head, start_n, seqlen_k, stride_ks, head_dim, BLOCK_N, BLOCK_D, TILES)
-            v = _tile(v_head, start_n, seqlen_k, stride_vs, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
-            qk = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST)
-            s, t = _scores(qk, qk_scale, softcap, HAS_SOFTCAP)
-            p = tl.math.exp2(s - lse[:, None])
-            if part != 1:
-                offs_n = start_n + tl.arange(0, BLOCK_N)
-                p = tl.where(_band_mask(offs_m, offs_n, seqlen_k, band_lo, band_hi, HAS_LO, HAS_HI), p, 0.0)
-            dp = _dot(do, tl.trans(v), DOT_PRECISION, UPCAST)
-            ds = p * (dp - delta[:, None])
-            if HAS_SOFTCAP:
-                ds = ds * (1.0 - t * t)
-            dq += _dot(ds.to(k.dtype), k, DOT_PRECISION, UPCAST)
+    if SPARSE:
+        qb = start_m // PATTERN_BLOCK
+        rows = offs_m - qb * PATTERN_BLOCK
+        for t in range(tl.load(KV_COUNT + qb)):
+            n = tl.load(KV_INDEX + qb * kv_width + t)
+            mask_id = tl.load(KV_MASK + qb * kv_width + t)
+            for sub in range(PATTERN_BLOCK // BLOCK_N):
+                start_n = n * PATTERN_BLOCK + sub * BLOCK_N
+                if (start_n + BLOCK_N > first) & (start_n < last):
+                    if (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last):
+                        keep = _pattern_keep(MASKS, mask_id, rows, sub * BLOCK_N + tl.arange(0, BLOCK_N),
+                                             PATTERN_BLOCK)  # fmt: skip
+                        dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
+                                       stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, keep,
+                                       BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                       DOT_PRECISION, UPCAST, True)  # fmt: skip
+                    else:
+                        dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
+                                       stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, None,
+                                       BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                       DOT_PRECISION, UPCAST, False)  # fmt: skip
+    else:
+        for part in tl.static_range(3):
+            lo_n, hi_n = _part(part, first, full_first, full_last, last)
+            for start_n in tl.range(lo_n, hi_n, BLOCK_N):
+                dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
+                               stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, None, BLOCK_N,
+                               BLOCK_D, BLOCK_DV, part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION,
+                               UPCAST, False)  # fmt: skip
     dq_head = _head(DQ, b, h, stride_dqb, stride_dqh, stride_dqs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     dq = dq * (qk_scale * 0.6931471805599453)
     _store_tile(dq_head, start_m, seqlen_q, stride_dqs, head_dim, dq.to(q.dtype), BLOCK_M, BLOCK_D,

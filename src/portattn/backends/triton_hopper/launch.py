@@ -297,7 +297,7 @@ def forward(
         block = call.sparsity.block
         cfg = cfg._replace(block_m=min(cfg.block_m, block), block_n=min(cfg.block_n, block))
         sparse = dict(SPARSE=True, PATTERN_BLOCK=block)
-    lists = _sparse_lists(call, q.device) if sparse else (lse, lse, lse, lse, 0)
+    lists = _sparse_lists(call, q.device)[0] if sparse else (lse, lse, lse, lse, 0)
     needs_tma = _needs_tma(call, cap)
     tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
     if needs_tma and call.seqlen_k > 0 and tiles == POINTER:
@@ -319,10 +319,11 @@ _sparse_cache: dict[tuple, tuple] = {}
 
 
 def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
-    """A block pattern's lists on the device, as ``attn_fwd`` takes them: ``(KV_COUNT, KV_INDEX,
-    KV_MASK, MASKS, kv_width)``. ``KV_MASK[m, t]`` numbers the partial tiles, whose element masks are
-    ``MASKS`` uint8 ``(partial tiles, block, block)`` (zero past the lengths); -1 for full ones. Cached
-    per pattern and lengths."""
+    """A block pattern's lists on the device, as the kernels take them: ``(KV_COUNT, KV_INDEX, KV_MASK,
+    MASKS, kv_width)`` for the forward and dQ walks, ``(Q_COUNT, Q_INDEX, Q_MASK, MASKS, q_width)`` for
+    the dK/dV walk. ``KV_MASK[m, t]`` numbers the partial tiles, whose element masks are ``MASKS`` uint8
+    ``(partial tiles, block, block)`` (zero past the lengths); -1 for full ones; ``Q_MASK[n, t]`` the
+    same tile's number. Cached per pattern and lengths."""
     pattern, sq, sk = call.sparsity, call.seqlen_q, call.seqlen_k
     key = (pattern.cache_key, sq, sk, device)
     hit = _sparse_cache.get(key)
@@ -340,12 +341,24 @@ def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
         q1, k1 = min(q0 + block, sq), min(k0 + block, sk)
         tile = pattern.tile_mask(call.batch, call.heads_q, sq, sk, (q0, q1), (k0, k1), torch.device("cpu"))
         masks[i, : q1 - q0, : k1 - k0] = 1 if tile is None else tile[0, 0].to(torch.uint8)
-    out = (lists.kv_count.to(device), lists.kv_index.to(device).contiguous(), mask_id.to(device), masks.to(device),
-           lists.kv_index.shape[1])  # fmt: skip
+    # the transposed lists name each partial tile by the same number
+    by_block = torch.full((lists.kv_count.numel(), lists.q_count.numel()), -1, dtype=torch.int32)
+    rows = torch.arange(lists.kv_index.shape[0])[:, None].expand_as(lists.kv_index)
+    taken = lists.kv_index >= 0
+    by_block[rows[taken], lists.kv_index[taken].long()] = mask_id[taken]
+    cols = torch.arange(lists.q_index.shape[0])[:, None].expand_as(lists.q_index)
+    q_mask = torch.full(lists.q_index.shape, -1, dtype=torch.int32)
+    q_taken = lists.q_index >= 0
+    q_mask[q_taken] = by_block[lists.q_index[q_taken].long(), cols[q_taken]]
+    masks = masks.to(device)
+    kv = (lists.kv_count.to(device), lists.kv_index.to(device).contiguous(), mask_id.to(device), masks,
+          lists.kv_index.shape[1])  # fmt: skip
+    q = (lists.q_count.to(device), lists.q_index.to(device).contiguous(), q_mask.to(device), masks,
+         lists.q_index.shape[1])  # fmt: skip
     if len(_sparse_cache) >= _CACHE_LIMIT:
         _sparse_cache.clear()
-    _sparse_cache[key] = out
-    return out
+    _sparse_cache[key] = (kv, q)
+    return kv, q
 
 
 def _quantize_qkv(
@@ -519,6 +532,11 @@ def backward(
         _bwd_plans[key] = plan
     cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common = plan
     d, dv_dim = call.head_dim, call.head_dim_v
+    sparse = {}
+    kv_lists = q_lists = (lse, lse, lse, lse, 0)
+    if call.sparsity is not None:
+        sparse = dict(SPARSE=True, PATTERN_BLOCK=call.sparsity.block)
+        kv_lists, q_lists = _sparse_lists(call, q.device)
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     direct.launch(
         kernels.attn_bwd_delta, (triton.cdiv(sq, cfg.block_m), b * hq), key,
@@ -531,10 +549,10 @@ def backward(
     dq_acc = torch.zeros(b, hq, sq, common["BLOCK_D"], dtype=torch.float32, device=q.device) if atomic_dq else delta
     direct.launch(
         kernels.attn_bwd_dkdv, (triton.cdiv(sk, bn), b * hkv), key,
-        *operands, lse, delta, *outputs, dq_acc, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk), *_bsh(dv),
-        sq, sk, hkv, call.head_dim, call.head_dim_v,
+        *operands, lse, delta, *outputs, dq_acc, *q_lists, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk),
+        *_bsh(dv), sq, sk, hkv, call.head_dim, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, TILES=kv_tiles, ATOMIC_DQ=atomic_dq,
-        num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common,
+        num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common, **sparse,
     )  # fmt: skip
     if atomic_dq:
         dq.copy_((dq_acc[..., : call.head_dim] * call.scale).transpose(1, 2))
@@ -544,10 +562,10 @@ def backward(
     (dq_operand,) = _operands(q_tiles, (dq, bm, d))
     direct.launch(
         kernels.attn_bwd_dq, (triton.cdiv(sq, bm), b * hq), key,
-        *operands, lse, delta, dq_operand, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
+        *operands, lse, delta, dq_operand, *kv_lists, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
         sq, sk, hq, call.head_dim, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, TILES=q_tiles,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **sparse,
     )  # fmt: skip
     return dq, dk, dv
 
@@ -562,6 +580,9 @@ def _backward_plan(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, ou
     dim = max(call.head_dim, call.head_dim_v)
     cfg = configs.pick("dq", dim, cap, loop_len=call.seqlen_k, **tuning)
     kv_cfg = configs.pick("dkdv", dim, cap, loop_len=call.seqlen_q, **tuning)
+    if call.sparsity is not None:  # tiles no larger than the pattern's blocks, which they divide
+        block = call.sparsity.block
+        cfg, kv_cfg = (c._replace(block_m=min(c.block_m, block), block_n=min(c.block_n, block)) for c in (cfg, kv_cfg))
     kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
     q_tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, dout, dq)
     if needs_tma and POINTER in (kv_tiles, q_tiles):
