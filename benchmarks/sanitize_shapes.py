@@ -1,6 +1,6 @@
 """Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, every tile path of the
-Triton forward (the Gluon one off), the Gluon forward (persistent and not), FP8. Each case runs twice:
-the second call takes the direct launch of the kept kernels.
+Triton forward (the Gluon one off), the Gluon forward (persistent and not), FP8, block-sparse patterns
+forward and backward. Each case runs twice: the second call takes the direct launch of the kept kernels.
 
 Exits non-zero if any output differs from the reference (the sanitizer reports bad accesses itself).
 """
@@ -52,4 +52,31 @@ for case in CASES:  # precision="fp8": the prepass and the e4m3 forward (toleran
     ok = err < 0.3 and not out.isnan().any()
     print(f"fp8 {case.name}: max error {err:.3g} {'pass' if ok else 'FAIL'}")
     failed += not ok
+from portattn import sparse  # noqa: E402
+from portattn.backends.reference.naive import attention_reference  # noqa: E402
+
+SPARSE_CASES = [  # (pattern, causal, seqlen_q, seqlen_k): partial tiles, tails, GQA
+    (lambda: sparse.bigbird(40, 32, 1, seed=2, block=32), False, 150, 97),
+    (lambda: sparse.global_tokens([3, 70]) | sparse.random_blocks(1, seed=1), True, 300, 333),
+]
+for make, causal, sq, sk in SPARSE_CASES:
+    pattern = make()
+    gen = torch.Generator(device="cuda").manual_seed(sq)
+    q = torch.randn(1, sq, 4, 64, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(1, sk, 2, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    dout = torch.randn_like(q)
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    call = portattn.explain(q, k, v, sparsity=pattern, causal=causal, quiet=True).call
+    ref = attention_reference(call, *exact)[0]
+    want = torch.autograd.grad(ref, exact, dout.double())
+    for seed in (0, 1):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = portattn.attention(*leaves, sparsity=pattern, causal=causal, backend="triton_hopper")
+        got = torch.autograd.grad(out, leaves, dout)
+        err = max((a.double() - b).abs().max().item() for a, b in zip((out, *got), (ref, *want), strict=True))
+        ok = err < 0.1
+        print(
+            f"sparse {pattern!r} causal={causal} {sq}x{sk} call {seed}: max error {err:.3g} {'pass' if ok else 'FAIL'}"
+        )
+        failed += not ok
 sys.exit(1 if failed else 0)

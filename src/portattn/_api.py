@@ -13,6 +13,7 @@ import torch
 
 from portattn import _call, _dispatch, _registry
 from portattn._call import AttentionCall
+from portattn.sparse.dynamic import DynamicPattern
 
 if TYPE_CHECKING:
     from portattn._backend import Backend
@@ -71,6 +72,13 @@ def run(
 ) -> Any:
     """Validate (or find in the cache), dispatch, and run one call. ``band`` (internal) replaces the
     band derived from ``causal``/``window``: ``lo <= j - i <= hi`` in this call's own indices."""
+    if isinstance(sparsity, DynamicPattern):  # qk_drop, hash_buckets: compaction (portattn/_dynamic.py)
+        from portattn import _dynamic
+
+        return _dynamic.run(
+            q, k, v, pattern=sparsity, causal=causal, window=window, scale=scale, softcap=softcap, bias=bias,
+            precision=precision, return_lse=return_lse, backend=backend, top_left=top_left, band=band, descale=descale,
+        )  # fmt: skip
     call, chosen = resolve(
         q, k, v, causal=causal, window=window, scale=scale, softcap=softcap, sparsity=sparsity, bias=bias,
         precision=precision, return_lse=return_lse, backend=backend, top_left=top_left, band=band, descale=descale,
@@ -282,6 +290,13 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, quiet: bool = 
         raise TypeError(f"explain() got unexpected keyword arguments {sorted(unknown)}")
     options.update(kwargs)
     descale = None if all(d is None for d in descales) else tuple(descales)
+    if isinstance(options["sparsity"], DynamicPattern):  # the call that runs is the compacted one
+        from portattn import _dynamic
+
+        pattern = options.pop("sparsity")
+        call, plan, q, k, v = _dynamic.compacted_call(q, k, v, pattern=pattern, top_left=False, descale=descale,
+                                                      **options)  # fmt: skip
+        options.update(causal=False, window=None, scale=call.scale, sparsity=plan.mask, return_lse=True)
     call = _call.normalize(q, k, v, bias=None, top_left=False, descale=descale, **options)
     result = _dispatch.explanation(call, forced)
     if not quiet:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from portattn.sparse.base import DenseMask, SparsityPattern
+from portattn.sparse.dynamic import DynamicPattern, HashBuckets, IntervalMask, QKDrop
 from portattn.sparse.blocks import (
     BigBird,
     BlockLists,
@@ -30,11 +31,17 @@ __all__ = [
     "BlockLists",
     "BlockPattern",
     "DenseMask",
+    "DynamicPattern",
+    "HashBuckets",
+    "IntervalMask",
+    "QKDrop",
     "SparsityPattern",
     "bigbird",
     "block_mask",
     "dense_mask",
     "global_tokens",
+    "hash_buckets",
+    "qk_drop",
     "random_blocks",
     "sliding_window",
 ]
@@ -70,3 +77,17 @@ def block_mask(fn: Callable, seqlen_q: int, seqlen_k: int, block: int = 128) -> 
     """A pattern from a predicate ``fn(b, h, i, j) -> bool`` evaluated on broadcastable index tensors
     (FlexAttention's ``mask_mod`` convention), for calls of these lengths."""
     return BlockMask(fn, seqlen_q, seqlen_k, block)
+
+
+def qk_drop(q_keep: torch.Tensor, k_keep: torch.Tensor) -> QKDrop:
+    """Key/query dropping: ``q_keep`` bool ``(batch, seqlen_q, heads_q|1)``, ``k_keep`` bool ``(batch,
+    seqlen_k, heads_kv|1)``. Dropped keys are invisible and dropped queries output 0 (lse -inf);
+    causal/window apply to the original positions. Runs by compacting the kept rows."""
+    return QKDrop(q_keep, k_keep)
+
+
+def hash_buckets(q_buckets: torch.Tensor, k_buckets: torch.Tensor) -> HashBuckets:
+    """Hash-bucket attention: integer ids ``(batch, seqlen_q, heads_q|1)`` and ``(batch, seqlen_k,
+    heads_kv|1)``; query ``i`` sees key ``j`` only if their buckets are equal (and causal/window allow
+    it, on the original positions). Runs by ordering rows by bucket, stably."""
+    return HashBuckets(q_buckets, k_buckets)
