@@ -115,8 +115,9 @@ def run(q, k, v, *, pattern: DynamicPattern, scale, softcap, bias, precision, re
     from portattn import _api
 
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    call, plan, qc, kc, vc = compacted_call(q, k, v, pattern=pattern, bias=bias, precision=precision, scale=scale,
-                                            softcap=softcap, return_lse=True, requires_grad=grad, **options)  # fmt: skip
+    call, plan, qc, kc, vc = compacted_call(q, k, v, pattern=pattern, bias=bias, precision=precision,
+                                            scale=scale, softcap=softcap, return_lse=True, requires_grad=grad,
+                                            **options)  # fmt: skip
     out, lse = _api.run(qc, kc, vc, scale=call.scale, softcap=softcap, sparsity=plan.mask, return_lse=True,
                         backend=backend)  # fmt: skip
     out, lse = plan.scatter(out, lse)

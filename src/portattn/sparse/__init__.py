@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from portattn.sparse.base import DenseMask, SparsityPattern
-from portattn.sparse.dynamic import DynamicPattern, HashBuckets, IntervalMask, QKDrop
 from portattn.sparse.blocks import (
     BigBird,
     BlockLists,
@@ -23,6 +22,7 @@ from portattn.sparse.blocks import (
     RandomBlocks,
     SlidingWindow,
 )
+from portattn.sparse.dynamic import DynamicPattern, HashBuckets, IntervalMask, QKDrop
 
 if TYPE_CHECKING:
     from collections.abc import Callable
