@@ -448,3 +448,38 @@ def test_sparse_backward_on_gpu(name, kw, make, head_dim):
     for what, g, w in zip("qkv", got, want, strict=True):
         assert not g.isnan().any(), f"d{what}: NaN"
         assert_close(g, w.float(), *tolerances.backward(torch.bfloat16), what=f"d{what}")
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("kind", ["qk_drop", "hash_buckets"])
+def test_dynamic_sparse_on_gpu(kind):
+    """qk_drop / hash_buckets through triton_hopper's interval walk at real sizes, causal with GQA:
+    forward and gradients against the float64 reference of the dense mask."""
+    from portattn import sparse
+    from portattn.backends.reference.naive import attention_reference
+    from portattn.testing import assert_close, tolerances
+
+    gen = torch.Generator(device="cuda").manual_seed(len(kind))
+    b, s, hq, hk, d = 1, 3001, 8, 2, 128
+    q = torch.randn(b, s, hq, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(b, s, hk, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    dout = torch.randn_like(q)
+    if kind == "qk_drop":
+        keep_q = torch.rand(b, s, hq, device="cuda", generator=gen) < 0.5
+        pattern = sparse.qk_drop(keep_q, torch.rand(b, s, hk, device="cuda", generator=gen) < 0.5)
+    else:
+        pattern = sparse.hash_buckets(torch.randint(0, 8, (b, s, hq), device="cuda", generator=gen),
+                                      torch.randint(0, 8, (b, s, hk), device="cuda", generator=gen))  # fmt: skip
+    assert portattn.explain(q, k, v, causal=True, sparsity=pattern, quiet=True).chosen == "triton_hopper"
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = portattn.attention(*leaves, causal=True, sparsity=pattern)
+    got = torch.autograd.grad(out, leaves, dout)
+    mask = pattern.allowed_mask(b, hq, s, s, "cuda")
+    call = portattn.explain(q, k, v, causal=True, sparsity=sparse.dense_mask(mask), quiet=True).call
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = attention_reference(call, *exact)[0]
+    want = torch.autograd.grad(ref, exact, dout.double())
+    assert_close(out, ref.float(), *tolerances.forward(torch.bfloat16))
+    for what, g, w in zip("qkv", got, want, strict=True):
+        assert not g.isnan().any()
+        assert_close(g, w.float(), *tolerances.backward(torch.bfloat16), what=f"d{what}")

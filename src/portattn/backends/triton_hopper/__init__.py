@@ -59,8 +59,11 @@ class TritonHopperBackend(Backend):
                 _call.KV_OFFLOAD,  # the core streams host K/V through the forward (portattn/_offload.py)
             }
         ),  # fmt: skip
-        # static block patterns, the same for every batch and head: the forward skips their empty tiles
-        sparsity=frozenset({"sliding_window", "global_tokens", "random_blocks", "bigbird", "union", "intersection"}),
+        # static block patterns, the same for every batch and head: the kernels skip their empty tiles;
+        # "interval": what qk_drop and hash_buckets compact to (portattn/_dynamic.py)
+        sparsity=frozenset(
+            {"sliding_window", "global_tokens", "random_blocks", "bigbird", "union", "intersection", "interval"}
+        ),
     )
     # Under the interpreter the kernels run on whatever device holds the tensors.
     interpreter_capabilities = dataclasses.replace(capabilities, devices=None, compute_capability=None)

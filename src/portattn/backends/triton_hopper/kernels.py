@@ -244,19 +244,53 @@ def _fwd_block(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen
 
 @triton.jit
 def _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, k_first, k_last, seqlen_k, stride_ks,
-               stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
-               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
-               HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
-               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr,
-               P_SHIFT: tl.constexpr):  # fmt: skip
-    """Key blocks ``[k_first, k_last)``, all masked or none (``_fwd_block``)."""
+               stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, row_lo,
+               row_hi, k_code, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+               MASKED: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+               TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr,
+               P_SHIFT: tl.constexpr, INTERVAL: tl.constexpr):  # fmt: skip
+    """Key blocks ``[k_first, k_last)``, all masked or none (``_fwd_block``). ``INTERVAL``: masked
+    blocks also keep only keys whose code lies in each row's ``[row_lo, row_hi]`` (``_interval_keep``)."""
     for start_n in tl.range(k_first, k_last, BLOCK_N):
-        acc, l_i, m_i, v_unit = _fwd_block(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k,
-                                           stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale,
-                                           softcap, k_scales, v_scales, None, BLOCK_N, BLOCK_D, BLOCK_DV, MASKED,
-                                           HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT,
-                                           False)  # fmt: skip
+        if INTERVAL and MASKED:
+            keep = _interval_keep(row_lo, row_hi, k_code, start_n, seqlen_k, BLOCK_N)
+            acc, l_i, m_i, v_unit = _fwd_block(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k,
+                                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale,
+                                               softcap, k_scales, v_scales, keep, BLOCK_N, BLOCK_D, BLOCK_DV, MASKED,
+                                               HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                                               P_SHIFT, True)  # fmt: skip
+        else:
+            acc, l_i, m_i, v_unit = _fwd_block(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k,
+                                               stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale,
+                                               softcap, k_scales, v_scales, None, BLOCK_N, BLOCK_D, BLOCK_DV, MASKED,
+                                               HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
+                                               P_SHIFT, False)  # fmt: skip
     return acc, l_i, m_i, v_unit
+
+
+@triton.jit
+def _interval_keep(row_lo, row_hi, k_code, start_n, seqlen_k, BLOCK_N: tl.constexpr):
+    """``(rows, BLOCK_N)``: key ``j`` of ``[start_n, start_n + BLOCK_N)`` is kept for row ``i`` iff
+    ``row_lo[i] <= k_code[j] <= row_hi[i]`` (an ``IntervalMask``; keys past the length never are)."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    code = tl.load(k_code + cols, mask=cols < seqlen_k, other=2147483647)
+    return (code[None, :] >= row_lo[:, None]) & (code[None, :] <= row_hi[:, None])
+
+
+@triton.jit
+def _interval_rows(Q_LO, Q_HI, row_base, offs_m, seqlen_q):
+    """The rows' ``[lo, hi]`` of an ``IntervalMask``; rows past the length see nothing."""
+    in_rows = offs_m < seqlen_q
+    lo = tl.load(Q_LO + row_base + offs_m, mask=in_rows, other=2147483647)
+    hi = tl.load(Q_HI + row_base + offs_m, mask=in_rows, other=-1)
+    return lo, hi
+
+
+@triton.jit
+def _load_span(SPANS, index):
+    """``(first, full_first, full_last, last)`` precomputed on the host (``launch._interval_spans``)."""
+    span = SPANS + index * 4
+    return tl.load(span), tl.load(span + 1), tl.load(span + 2), tl.load(span + 3)
 
 
 @triton.jit
@@ -305,7 +339,7 @@ def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first
 
 
 @triton.jit
-def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width,
+def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, Q_LO, Q_HI, K_CODE, SPANS,
              stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
              stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
              seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
@@ -313,7 +347,8 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
              BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
              WRITE_LSE: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
              UPCAST: tl.constexpr, FP8: tl.constexpr, OUT_DTYPE: tl.constexpr, P_SHIFT: tl.constexpr,
-             SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128):  # fmt: skip
+             SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128,
+             INTERVAL: tl.constexpr = False):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head); grid ``(cdiv(seqlen_q, BLOCK_M),
     batch*heads_q)``. ``FP8``: Q, K, V come from ``quantize_blocks`` (V transposed) with their scales
     ``QS`` ``(batch, heads_q, cdiv(seqlen_q, BLOCK_M))`` and ``KS``, ``VS`` ``(batch, heads_kv,
@@ -321,7 +356,9 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
     the scales are unused and ``P_SHIFT`` is 0. (Quantizing Q here instead of in a prepass was tried:
     the rotation's matrix in shared memory halved the programs per SM, and it ran 12% slower.)
     ``SPARSE``: the key blocks come from a block-sparse pattern's lists (``_fwd_sparse``); else the
-    pointers ``KV_COUNT`` .. ``MASKS`` are unused."""
+    pointers ``KV_COUNT`` .. ``MASKS`` are unused. ``INTERVAL``: an ``IntervalMask`` (``Q_LO``, ``Q_HI``
+    ``(batch*heads_q, seqlen_q)``, ``K_CODE`` ``(batch*heads_kv, seqlen_k)`` int32) with each program's
+    key span in ``SPANS`` ``(batch*heads_q, query blocks, 4)``; else those are unused."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
@@ -342,6 +379,11 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
+    row_lo, row_hi = offs_m, offs_m  # unused unless INTERVAL
+    k_code = K_CODE + (b * (heads_q // GROUP) + hk) * seqlen_k
+    if INTERVAL:
+        first, full_first, full_last, last = _load_span(SPANS, bh * tl.num_programs(0) + start_m // BLOCK_M)
+        row_lo, row_hi = _interval_rows(Q_LO, Q_HI, bh * seqlen_q, offs_m, seqlen_q)
     if SPARSE:
         acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first,
                                             full_first, full_last, last, seqlen_k, stride_ks, stride_vs, head_dim,
@@ -354,9 +396,10 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
             lo_n, hi_n = _part(part, first, full_first, full_last, last)
             acc, l_i, m_i, v_unit = _fwd_inner(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, lo_n, hi_n,
                                                seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo,
-                                               band_hi, qk_scale, softcap, k_scales, v_scales, BLOCK_N, BLOCK_D,
-                                               BLOCK_DV, part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                                               DOT_PRECISION, UPCAST, FP8, P_SHIFT)  # fmt: skip
+                                               band_hi, qk_scale, softcap, k_scales, v_scales, row_lo, row_hi,
+                                               k_code, BLOCK_N, BLOCK_D, BLOCK_DV, part != 1, HAS_LO, HAS_HI,
+                                               HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT,
+                                               INTERVAL)  # fmt: skip
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     out = acc * (v_unit / tl.where(empty, 1.0, l_i))[:, None]
@@ -459,7 +502,8 @@ def _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, 
 
 
 @triton.jit
-def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_MASK, MASKS, q_width,
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_MASK, MASKS, q_width, Q_LO, Q_HI,
+                  K_CODE, SPANS,
                   stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                   stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                   stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
@@ -468,7 +512,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
                   BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                   TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                   ATOMIC_DQ: tl.constexpr, SPARSE: tl.constexpr = False,
-                  PATTERN_BLOCK: tl.constexpr = 128):  # fmt: skip
+                  PATTERN_BLOCK: tl.constexpr = 128, INTERVAL: tl.constexpr = False):  # fmt: skip
     """One program: ``BLOCK_N`` keys of one (batch, kv head), summing over the head's query group.
 
     Grid ``(cdiv(seqlen_k, BLOCK_N), batch*heads_kv)``; without ``ATOMIC_DQ`` no atomics, deterministic.
@@ -476,7 +520,9 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
     seqlen_q, BLOCK_D)``, zeroed, unscaled) with atomics, so that no dQ kernel recomputes P and dP:
     two matmuls of seven fewer, in an order that varies from run to run. ``SPARSE``: only the query
     blocks of a block-sparse pattern's transposed lists (``Q_INDEX[kb, :Q_COUNT[kb]]``, partial ones
-    masked by ``MASKS[Q_MASK[kb, t]]``, as in ``_fwd_sparse``) are visited; else those are unused."""
+    masked by ``MASKS[Q_MASK[kb, t]]``, as in ``_fwd_sparse``) are visited. ``INTERVAL``: each query
+    head's span of rows for these keys is ``SPANS[b*heads_q + h, key block]``, masked by the interval
+    test at its ends; else those are unused."""
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b = bh // heads_kv
@@ -494,6 +540,9 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
     heads_q = heads_kv * GROUP
     kb = start_n // PATTERN_BLOCK
     cols = offs_n - kb * PATTERN_BLOCK  # the keys' offsets inside their pattern block
+    code = offs_n  # INTERVAL: the keys' codes (past the length: never visible)
+    if INTERVAL:
+        code = tl.load(K_CODE + bh * seqlen_k + offs_n, mask=offs_n < seqlen_k, other=2147483647)
     for g in range(GROUP):
         h = hk * GROUP + g
         q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
@@ -522,14 +571,27 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
                                                  BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
                                                  DOT_PRECISION, UPCAST, ATOMIC_DQ, False)  # fmt: skip
         else:
+            if INTERVAL:
+                first, full_first, full_last, last = _load_span(SPANS, (b * heads_q + h) * tl.num_programs(0)
+                                                                + start_n // BLOCK_N)  # fmt: skip
             for part in tl.static_range(3):
                 lo_m, hi_m = _part(part, first, full_first, full_last, last)
                 for start_m in tl.range(lo_m, hi_m, BLOCK_M):
-                    dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, DELTA,
-                                         DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim, head_dim_v, band_lo,
-                                         band_hi, qk_scale, softcap, None, BLOCK_M, BLOCK_D, BLOCK_DV, part != 1,
-                                         HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, ATOMIC_DQ,
-                                         False)  # fmt: skip
+                    if INTERVAL and part != 1:
+                        row_lo, row_hi = _interval_rows(Q_LO, Q_HI, rows_base, start_m + tl.arange(0, BLOCK_M),
+                                                        seqlen_q)  # fmt: skip
+                        keep_t = (code[:, None] >= row_lo[None, :]) & (code[:, None] <= row_hi[None, :])
+                        dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, DELTA,
+                                             DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim, head_dim_v, band_lo,
+                                             band_hi, qk_scale, softcap, keep_t, BLOCK_M, BLOCK_D, BLOCK_DV, True,
+                                             HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, ATOMIC_DQ,
+                                             True)  # fmt: skip
+                    else:
+                        dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, DELTA,
+                                             DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim, head_dim_v, band_lo,
+                                             band_hi, qk_scale, softcap, None, BLOCK_M, BLOCK_D, BLOCK_DV, part != 1,
+                                             HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, ATOMIC_DQ,
+                                             False)  # fmt: skip
     dk_head = _head(DK, b, hk, stride_dkb, stride_dkh, stride_dks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
     dv_head = _head(DV, b, hk, stride_dvb, stride_dvh, stride_dvs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV,
                     TILES)  # fmt: skip
@@ -567,7 +629,7 @@ def _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, 
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width,
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, Q_LO, Q_HI, K_CODE, SPANS,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                 stride_dqb, stride_dqs, stride_dqh,
@@ -575,9 +637,10 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128):  # fmt: skip
+                SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128,
+                INTERVAL: tl.constexpr = False):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's;
-    ``SPARSE`` walks the pattern's lists as the forward does."""
+    ``SPARSE`` and ``INTERVAL`` walk the pattern's lists or spans as the forward does."""
     start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
@@ -595,6 +658,11 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
     # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, False)  # fmt: skip
+    row_lo, row_hi = offs_m, offs_m  # unused unless INTERVAL
+    k_code = K_CODE + (b * (heads_q // GROUP) + hk) * seqlen_k
+    if INTERVAL:
+        first, full_first, full_last, last = _load_span(SPANS, bh * tl.num_programs(0) + start_m // BLOCK_M)
+        row_lo, row_hi = _interval_rows(Q_LO, Q_HI, bh * seqlen_q, offs_m, seqlen_q)
     if SPARSE:
         qb = start_m // PATTERN_BLOCK
         rows = offs_m - qb * PATTERN_BLOCK
@@ -620,10 +688,17 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
         for part in tl.static_range(3):
             lo_n, hi_n = _part(part, first, full_first, full_last, last)
             for start_n in tl.range(lo_n, hi_n, BLOCK_N):
-                dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
-                               stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, None, BLOCK_N,
-                               BLOCK_D, BLOCK_DV, part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION,
-                               UPCAST, False)  # fmt: skip
+                if INTERVAL and part != 1:
+                    keep = _interval_keep(row_lo, row_hi, k_code, start_n, seqlen_k, BLOCK_N)
+                    dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
+                                   stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, keep,
+                                   BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                   DOT_PRECISION, UPCAST, True)  # fmt: skip
+                else:
+                    dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
+                                   stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, None,
+                                   BLOCK_N, BLOCK_D, BLOCK_DV, part != 1, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                   DOT_PRECISION, UPCAST, False)  # fmt: skip
     dq_head = _head(DQ, b, h, stride_dqb, stride_dqh, stride_dqs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     dq = dq * (qk_scale * 0.6931471805599453)
     _store_tile(dq_head, start_m, seqlen_q, stride_dqs, head_dim, dq.to(q.dtype), BLOCK_M, BLOCK_D,

@@ -292,12 +292,15 @@ def forward(
         return out, lse
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
                        fp32=call.dtype == torch.float32, loop_len=call.seqlen_k)  # fmt: skip
-    sparse = {}
-    if call.sparsity is not None:  # tiles no larger than the pattern's blocks, which they divide
+    sparse, intervals = {}, (lse, lse, lse, lse)
+    if _is_interval(call):
+        sparse = dict(INTERVAL=True)
+        intervals = _interval_operands(call, _interval_spans(call.sparsity, cfg.block_m, cfg.block_n))
+    elif call.sparsity is not None:  # tiles no larger than the pattern's blocks, which they divide
         block = call.sparsity.block
         cfg = cfg._replace(block_m=min(cfg.block_m, block), block_n=min(cfg.block_n, block))
         sparse = dict(SPARSE=True, PATTERN_BLOCK=block)
-    lists = _sparse_lists(call, q.device)[0] if sparse else (lse, lse, lse, lse, 0)
+    lists = _sparse_lists(call, q.device)[0] if "SPARSE" in sparse else (lse, lse, lse, lse, 0)
     needs_tma = _needs_tma(call, cap)
     tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
     if needs_tma and call.seqlen_k > 0 and tiles == POINTER:
@@ -307,7 +310,7 @@ def forward(
     grid = (triton.cdiv(sq, cfg.block_m), b * hq)
     key = (call, cfg, tiles, q.stride(), k.stride(), v.stride(), _aligned_bases(q, k, v, out, lse))
     direct.launch(
-        kernels.attn_fwd, grid, key, *operands, lse, lse, lse, lse, *lists, *_bsh(q), *_bsh(k), *_bsh(v),
+        kernels.attn_fwd, grid, key, *operands, lse, lse, lse, lse, *lists, *intervals, *_bsh(q), *_bsh(k), *_bsh(v),
         *_bsh(out), sq, call.seqlen_k, hq, call.head_dim, call.head_dim_v,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, WRITE_LSE=True, TILES=tiles, FP8=False, P_SHIFT=0.0,
         OUT_DTYPE=_TL_DTYPES[q.dtype], num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(call), **sparse,
@@ -316,6 +319,70 @@ def forward(
 
 
 _sparse_cache: dict[tuple, tuple] = {}
+_INT32_MAX = 2**31 - 1
+
+
+def _is_interval(call: AttentionCall) -> bool:
+    return call.sparsity is not None and call.sparsity.kind == "interval"
+
+
+def _interval_operands(call: AttentionCall, spans: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    mask = call.sparsity
+    return mask.q_lo, mask.q_hi, mask.k_code, spans
+
+
+def _aligned_spans(start, end, full_start, full_end, block: int) -> torch.Tensor:
+    """``(first, full_first, full_last, last)`` int32 ``(..., 4)`` as the kernels' three-part loops take
+    them: ``first`` rounded down to a block, the unmasked middle whole blocks inside ``[full_start,
+    full_end)``, ``last`` exact."""
+    end = torch.maximum(end, start)
+    first = torch.div(start, block, rounding_mode="floor") * block
+    full_first = torch.minimum(torch.maximum(-torch.div(-full_start, block, rounding_mode="floor") * block, first), end)
+    full_last = full_first + torch.div((torch.minimum(full_end, end) - full_first).clamp_min(0), block,
+                                       rounding_mode="floor") * block  # fmt: skip
+    return torch.stack((first, full_first, full_last, end), dim=-1).to(torch.int32).contiguous()
+
+
+def _interval_spans(mask, block_m: int, block_n: int) -> torch.Tensor:
+    """Per (batch*heads_q, query block of ``block_m``), the keys an ``IntervalMask`` lets it see, as
+    ``_aligned_spans``: from the first key any row sees to the last, and unmasked where every row of
+    the block sees every key (codes increase along the keys, bounds along the rows: searches)."""
+    lo, hi = mask.q_lo, mask.q_hi
+    b, hq, sq = lo.shape
+    code = mask.k_code.repeat_interleave(hq // mask.k_code.shape[1], dim=1).contiguous()
+    blocks = triton.cdiv(sq, block_m)
+    pad = blocks * block_m - sq
+    lo_b = torch.nn.functional.pad(lo, (0, pad), value=_INT32_MAX).view(b, hq, blocks, block_m)
+    hi_b = torch.nn.functional.pad(hi, (0, pad), value=-1).view(b, hq, blocks, block_m)
+    real = (torch.arange(blocks * block_m, device=lo.device) < sq).view(blocks, block_m)
+    seen = lo_b <= hi_b
+    lo_min = torch.where(seen, lo_b, _INT32_MAX).amin(-1)
+    hi_max = torch.where(seen, hi_b, -1).amax(-1)
+    lo_max = torch.where(real, lo_b, -1).amax(-1)
+    hi_min = torch.where(real, hi_b, _INT32_MAX).amin(-1)
+    start = torch.searchsorted(code, lo_min)
+    end = torch.where(lo_min <= hi_max, torch.searchsorted(code, hi_max, right=True), start)
+    full_start = torch.searchsorted(code, lo_max)
+    full_end = torch.searchsorted(code, hi_min, right=True)
+    return _aligned_spans(start, end, full_start, full_end, block_n).view(b * hq * blocks, 4)
+
+
+def _interval_row_spans(mask, block_m: int, block_n: int) -> torch.Tensor:
+    """Per (batch*heads_q, key block of ``block_n``), the query rows that see it, for the dK/dV walk:
+    rows whose ``hi`` reaches the block's smallest code and whose ``lo`` the largest; unmasked where
+    every row sees every key (a block holding padded keys, code INT32_MAX, never is)."""
+    lo, hi = mask.q_lo, mask.q_hi
+    b, hq, _ = lo.shape
+    sk = mask.k_code.shape[2]
+    blocks = triton.cdiv(sk, block_n)
+    code = torch.nn.functional.pad(mask.k_code, (0, blocks * block_n - sk), value=_INT32_MAX)
+    code = code.view(*mask.k_code.shape[:2], blocks, block_n).repeat_interleave(hq // mask.k_code.shape[1], dim=1)
+    code_min, code_max = code.amin(-1).contiguous(), code.amax(-1).contiguous()
+    start = torch.searchsorted(hi, code_min)
+    end = torch.searchsorted(lo, code_max, right=True)
+    full_start = torch.searchsorted(hi, code_max)
+    full_end = torch.searchsorted(lo, code_min, right=True)
+    return _aligned_spans(start, end, full_start, full_end, block_m).view(b * hq * blocks, 4)
 
 
 def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
@@ -488,7 +555,8 @@ def forward_fp8(
     common = _common(call)
     common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
-        *operands, lse, qs, ks, vs, lse, lse, lse, lse, 0, *_bsh(q8), *_bsh(k8), *_bsh(v8), *_bsh(out),
+        *operands, lse, qs, ks, vs, lse, lse, lse, lse, 0, lse, lse, lse, lse, *_bsh(q8), *_bsh(k8), *_bsh(v8),
+        *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim if prequantized else dp, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype],
         P_SHIFT=p_shift,
@@ -534,7 +602,12 @@ def backward(
     d, dv_dim = call.head_dim, call.head_dim_v
     sparse = {}
     kv_lists = q_lists = (lse, lse, lse, lse, 0)
-    if call.sparsity is not None:
+    kv_intervals = q_intervals = (lse, lse, lse, lse)
+    if _is_interval(call):
+        sparse = dict(INTERVAL=True)
+        q_intervals = _interval_operands(call, _interval_spans(call.sparsity, cfg.block_m, cfg.block_n))
+        kv_intervals = _interval_operands(call, _interval_row_spans(call.sparsity, kv_cfg.block_m, kv_cfg.block_n))
+    elif call.sparsity is not None:
         sparse = dict(SPARSE=True, PATTERN_BLOCK=call.sparsity.block)
         kv_lists, q_lists = _sparse_lists(call, q.device)
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
@@ -549,7 +622,8 @@ def backward(
     dq_acc = torch.zeros(b, hq, sq, common["BLOCK_D"], dtype=torch.float32, device=q.device) if atomic_dq else delta
     direct.launch(
         kernels.attn_bwd_dkdv, (triton.cdiv(sk, bn), b * hkv), key,
-        *operands, lse, delta, *outputs, dq_acc, *q_lists, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dk),
+        *operands, lse, delta, *outputs, dq_acc, *q_lists, *kv_intervals, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout),
+        *_bsh(dk),
         *_bsh(dv), sq, sk, hkv, call.head_dim, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, TILES=kv_tiles, ATOMIC_DQ=atomic_dq,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common, **sparse,
@@ -562,7 +636,8 @@ def backward(
     (dq_operand,) = _operands(q_tiles, (dq, bm, d))
     direct.launch(
         kernels.attn_bwd_dq, (triton.cdiv(sq, bm), b * hq), key,
-        *operands, lse, delta, dq_operand, *kv_lists, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout), *_bsh(dq),
+        *operands, lse, delta, dq_operand, *kv_lists, *q_intervals, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout),
+        *_bsh(dq),
         sq, sk, hq, call.head_dim, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, TILES=q_tiles,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **sparse,
@@ -580,7 +655,7 @@ def _backward_plan(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, ou
     dim = max(call.head_dim, call.head_dim_v)
     cfg = configs.pick("dq", dim, cap, loop_len=call.seqlen_k, **tuning)
     kv_cfg = configs.pick("dkdv", dim, cap, loop_len=call.seqlen_q, **tuning)
-    if call.sparsity is not None:  # tiles no larger than the pattern's blocks, which they divide
+    if call.sparsity is not None and not _is_interval(call):  # tiles no larger than the pattern's blocks
         block = call.sparsity.block
         cfg, kv_cfg = (c._replace(block_m=min(c.block_m, block), block_n=min(c.block_n, block)) for c in (cfg, kv_cfg))
     kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
