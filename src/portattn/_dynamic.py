@@ -62,12 +62,9 @@ class Compaction:
         positions_q = torch.arange(sq, device=device)
         q_sort = torch.where(q_keep, qb * sq + positions_q, big)
         _, q_order = torch.sort(q_sort, dim=-1, stable=True)
-        counts = q_keep.sum(-1)
-        most, kept = torch.stack((counts.max(), counts.sum())).tolist() if q_keep.numel() else (0, 0)
-        rows_q = max(most, 1)
+        rows_q = max(int(q_keep.sum(-1).max().item()) if q_keep.numel() else 0, 1)
         self.q_order = q_order[..., :rows_q]
         self.q_valid = torch.gather(q_keep, 2, self.q_order)
-        self.kept = kept
         i = self.q_order
         bucket = torch.gather(qb, 2, i) * sk
         lo_band, hi_band = call.band
@@ -80,32 +77,18 @@ class Compaction:
         self.seqlen_q = sq
 
     def gather(self, t: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Rows of ``t`` ``(batch, seqlen, heads, dim)`` in ``order`` ``(batch, heads, rows)``, by whole
-        rows of ``dim`` (``index_select``: one index per row, and an ``index_add`` backward)."""
-        b, s, h, d = t.shape
-        flat = self._flat_rows(order, s)
-        return t.reshape(b * s * h, d).index_select(0, flat.reshape(-1)).view(b, order.shape[2], h, d)
-
-    @staticmethod
-    def _flat_rows(order: torch.Tensor, seqlen: int) -> torch.Tensor:
-        """``(batch, rows, heads)`` row numbers of a ``(batch*seqlen*heads, dim)`` view."""
-        b, h, _ = order.shape
-        batch = torch.arange(b, device=order.device)[:, None, None]
-        head = torch.arange(h, device=order.device)[None, None, :]
-        return (batch * seqlen + order.transpose(1, 2)) * h + head
+        """Rows of ``t`` ``(batch, seqlen, heads, dim)`` in ``order`` ``(batch, heads, rows)``."""
+        index = order.transpose(1, 2)[..., None].expand(-1, -1, -1, t.shape[3])
+        return torch.gather(t, 1, index)
 
     def scatter(self, out: torch.Tensor, lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The compacted ``out`` ``(batch, rows_q, heads, dim_v)`` and ``lse`` ``(batch, heads, rows_q)``
         back at their positions; rows no kept query lands on get 0 and -inf."""
         sq = self.seqlen_q
-        b, rows, h, dv = out.shape
-        valid = self.q_valid.transpose(1, 2).reshape(-1)
-        spare = b * sq * h  # each padding row lands on a spare row of its own (no duplicate index), cut off
-        padding = torch.cumsum(~valid, 0) - 1
-        flat = torch.where(valid, self._flat_rows(self.q_order, sq).reshape(-1), spare + padding)
-        full = out.new_zeros(spare + b * rows * h - self.kept, dv).index_copy(0, flat, out.reshape(b * rows * h, dv))
-        full = full[:spare].view(b, sq, h, dv)
-        target = torch.where(self.q_valid, self.q_order, sq)
+        target = torch.where(self.q_valid, self.q_order, sq)  # padding lands on a spare row, cut off
+        b, _, h, dv = out.shape
+        full = out.new_zeros(b, sq + 1, h, dv)
+        full = full.scatter(1, target.transpose(1, 2)[..., None].expand(-1, -1, -1, dv), out)[:, :sq]
         full_lse = lse.new_full((b, h, sq + 1), float("-inf")).scatter(2, target, lse)[..., :sq]
         return full, full_lse
 
