@@ -27,6 +27,13 @@ def _check_rows(name: str, t: torch.Tensor, batch: int, seqlen: int, heads: tupl
                          f"({batch}, {seqlen}, {want}) {kind}")  # fmt: skip
 
 
+def _check_dtypes(kind: str, want: str, ok, **tensors: object) -> None:
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or not ok(t.dtype):
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{kind}: {name} must be {want} tensor (batch, seqlen, heads), got {got}")
+
+
 def _per_query_head(t: torch.Tensor, heads_q: int) -> torch.Tensor:
     """``(batch, seqlen, heads_kv|heads_q|1)`` -> ``(batch, heads_q, seqlen)``: a key head's rows serve
     its query group."""
@@ -88,10 +95,7 @@ class QKDrop(DynamicPattern):
     kind = "qk_drop"
 
     def __init__(self, q_keep: torch.Tensor, k_keep: torch.Tensor) -> None:
-        for name, t in (("q_keep", q_keep), ("k_keep", k_keep)):
-            if not isinstance(t, torch.Tensor) or t.dtype != torch.bool:
-                got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-                raise TypeError(f"qk_drop: {name} must be a torch.bool tensor (batch, seqlen, heads), got {got}")
+        _check_dtypes(self.kind, "a torch.bool", lambda dt: dt == torch.bool, q_keep=q_keep, k_keep=k_keep)
         self.q_rows, self.k_rows = q_keep, k_keep
 
     def keep(self):
@@ -102,15 +106,10 @@ class HashBuckets(DynamicPattern):
     kind = "hash_buckets"
 
     def __init__(self, q_buckets: torch.Tensor, k_buckets: torch.Tensor) -> None:
-        for name, t in (("q_buckets", q_buckets), ("k_buckets", k_buckets)):
-            if (
-                not isinstance(t, torch.Tensor)
-                or t.dtype.is_floating_point
-                or t.dtype.is_complex
-                or t.dtype == torch.bool
-            ):
-                got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-                raise TypeError(f"hash_buckets: {name} must be an integer tensor (batch, seqlen, heads), got {got}")
+        def integer(dt: torch.dtype) -> bool:
+            return not (dt.is_floating_point or dt.is_complex or dt == torch.bool)
+
+        _check_dtypes(self.kind, "an integer", integer, q_buckets=q_buckets, k_buckets=k_buckets)
         self.q_rows, self.k_rows = q_buckets, k_buckets
 
     def buckets(self):

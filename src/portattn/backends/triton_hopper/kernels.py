@@ -303,6 +303,32 @@ def _pattern_keep(MASKS, mask_id, rows, cols, PATTERN_BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _list_tile(KV_INDEX, KV_MASK, qb, kv_width, t, sub, first, full_first, full_last, last,
+               BLOCK_N: tl.constexpr, PATTERN_BLOCK: tl.constexpr):  # fmt: skip
+    """Sub-tile ``sub`` of entry ``t`` of query block ``qb``'s list: its first key, whether it meets the
+    band ``[first, last)``, whether it needs a mask (a partial pattern tile, or outside the band's
+    unmasked middle), and its partial tile's number (``_pattern_keep`` loads the mask where needed)."""
+    n = tl.load(KV_INDEX + qb * kv_width + t)
+    mask_id = tl.load(KV_MASK + qb * kv_width + t)
+    start_n = n * PATTERN_BLOCK + sub * BLOCK_N
+    visible = (start_n + BLOCK_N > first) & (start_n < last)
+    masked = (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last)
+    return start_n, visible, masked, mask_id
+
+
+@triton.jit
+def _interval_setup(Q_LO, Q_HI, K_CODE, SPANS, bh, kv_head, offs_m, start_m, seqlen_q, seqlen_k, first, full_first,
+                    full_last, last, BLOCK_M: tl.constexpr, INTERVAL: tl.constexpr):  # fmt: skip
+    """A query program's span of keys and its rows' ``[lo, hi]`` under an ``IntervalMask`` (else the span
+    given, and placeholders), and its K/V head's key codes."""
+    row_lo, row_hi = offs_m, offs_m
+    if INTERVAL:
+        first, full_first, full_last, last = _load_span(SPANS, bh * tl.num_programs(0) + start_m // BLOCK_M)
+        row_lo, row_hi = _interval_rows(Q_LO, Q_HI, bh * seqlen_q, offs_m, seqlen_q)
+    return first, full_first, full_last, last, row_lo, row_hi, K_CODE + kv_head * seqlen_k
+
+
+@triton.jit
 def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first, full_first, full_last, last,
                 seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                 k_scales, v_scales, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M: tl.constexpr,
@@ -317,12 +343,12 @@ def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first
     qb = start_m // PATTERN_BLOCK
     rows = offs_m - qb * PATTERN_BLOCK
     for t in range(tl.load(KV_COUNT + qb)):
-        n = tl.load(KV_INDEX + qb * kv_width + t)
-        mask_id = tl.load(KV_MASK + qb * kv_width + t)
         for sub in range(PATTERN_BLOCK // BLOCK_N):
-            start_n = n * PATTERN_BLOCK + sub * BLOCK_N
-            if (start_n + BLOCK_N > first) & (start_n < last):
-                if (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last):
+            start_n, visible, masked, mask_id = _list_tile(KV_INDEX, KV_MASK, qb, kv_width, t, sub, first,
+                                                           full_first, full_last, last, BLOCK_N,
+                                                           PATTERN_BLOCK)  # fmt: skip
+            if visible:
+                if masked:
                     keep = _pattern_keep(MASKS, mask_id, rows, sub * BLOCK_N + tl.arange(0, BLOCK_N), PATTERN_BLOCK)
                     acc, l_i, m_i, v_unit = _fwd_block(
                         acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
@@ -379,11 +405,9 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
 
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, FP8)  # fmt: skip
-    row_lo, row_hi = offs_m, offs_m  # unused unless INTERVAL
-    k_code = K_CODE + (b * (heads_q // GROUP) + hk) * seqlen_k
-    if INTERVAL:
-        first, full_first, full_last, last = _load_span(SPANS, bh * tl.num_programs(0) + start_m // BLOCK_M)
-        row_lo, row_hi = _interval_rows(Q_LO, Q_HI, bh * seqlen_q, offs_m, seqlen_q)
+    first, full_first, full_last, last, row_lo, row_hi, k_code = _interval_setup(
+        Q_LO, Q_HI, K_CODE, SPANS, bh, b * (heads_q // GROUP) + hk, offs_m, start_m, seqlen_q, seqlen_k, first,
+        full_first, full_last, last, BLOCK_M, INTERVAL)  # fmt: skip
     if SPARSE:
         acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first,
                                             full_first, full_last, last, seqlen_k, stride_ks, stride_vs, head_dim,
@@ -658,21 +682,19 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
     # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
                                                BLOCK_N, HAS_LO, HAS_HI, False)  # fmt: skip
-    row_lo, row_hi = offs_m, offs_m  # unused unless INTERVAL
-    k_code = K_CODE + (b * (heads_q // GROUP) + hk) * seqlen_k
-    if INTERVAL:
-        first, full_first, full_last, last = _load_span(SPANS, bh * tl.num_programs(0) + start_m // BLOCK_M)
-        row_lo, row_hi = _interval_rows(Q_LO, Q_HI, bh * seqlen_q, offs_m, seqlen_q)
+    first, full_first, full_last, last, row_lo, row_hi, k_code = _interval_setup(
+        Q_LO, Q_HI, K_CODE, SPANS, bh, b * (heads_q // GROUP) + hk, offs_m, start_m, seqlen_q, seqlen_k, first,
+        full_first, full_last, last, BLOCK_M, INTERVAL)  # fmt: skip
     if SPARSE:
         qb = start_m // PATTERN_BLOCK
         rows = offs_m - qb * PATTERN_BLOCK
         for t in range(tl.load(KV_COUNT + qb)):
-            n = tl.load(KV_INDEX + qb * kv_width + t)
-            mask_id = tl.load(KV_MASK + qb * kv_width + t)
             for sub in range(PATTERN_BLOCK // BLOCK_N):
-                start_n = n * PATTERN_BLOCK + sub * BLOCK_N
-                if (start_n + BLOCK_N > first) & (start_n < last):
-                    if (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last):
+                start_n, visible, masked, mask_id = _list_tile(KV_INDEX, KV_MASK, qb, kv_width, t, sub, first,
+                                                               full_first, full_last, last, BLOCK_N,
+                                                               PATTERN_BLOCK)  # fmt: skip
+                if visible:
+                    if masked:
                         keep = _pattern_keep(MASKS, mask_id, rows, sub * BLOCK_N + tl.arange(0, BLOCK_N),
                                              PATTERN_BLOCK)  # fmt: skip
                         dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
