@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from portattn import _call
-from portattn.sparse.dynamic import DynamicPattern, IntervalMask
+from portattn.sparse.dynamic import DynamicPattern, IntervalMask, per_head
 
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
@@ -26,7 +26,7 @@ def _heads_first(t: torch.Tensor | None, batch: int, heads: int, seqlen: int, de
     """``(batch, seqlen, heads|1)`` -> ``(batch, heads, seqlen)`` on ``device``; None -> all True."""
     if t is None:
         return torch.ones(batch, heads, seqlen, dtype=torch.bool, device=device)
-    return t.to(device).transpose(1, 2).expand(batch, heads, seqlen)
+    return per_head(t.to(device), heads)
 
 
 class Compaction:

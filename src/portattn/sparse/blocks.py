@@ -31,6 +31,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _is_int(x: object, minimum: int | None = None) -> bool:
+    """A plain int (not a bool), at least ``minimum``."""
+    return not isinstance(x, bool) and isinstance(x, int) and (minimum is None or x >= minimum)
+
+
 @dataclass(frozen=True)
 class BlockLists:
     """What a kernel walks, for one ``(seqlen_q, seqlen_k)``. For query block ``m``:
@@ -71,7 +76,7 @@ class BlockPattern(SparsityPattern):
     per_head = False
 
     def __init__(self, block: int) -> None:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 16 or block & (block - 1):
+        if not _is_int(block, 16) or block & (block - 1):
             raise ValueError(f"block must be a power of two >= 16, got {block!r}")
         self.block = block
         self._states = functools.lru_cache(maxsize=_CACHE)(self._compute_states)
@@ -153,7 +158,7 @@ class SlidingWindow(BlockPattern):
 
     def __init__(self, left: int, right: int, block: int = 128) -> None:
         for name, x in (("left", left), ("right", right)):
-            if isinstance(x, bool) or not isinstance(x, int) or x < -1:
+            if not _is_int(x, -1):
                 raise ValueError(f"sliding_window {name} must be an int >= -1, got {x!r}")
         super().__init__(block)
         self.left, self.right = left, right
@@ -212,7 +217,7 @@ class GlobalTokens(BlockPattern):
             indices = tuple(range(tokens))
         else:
             values = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)
-            if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in values):
+            if not all(_is_int(x, 0) for x in values):
                 raise ValueError(f"global_tokens indices must be ints >= 0, got {values[:8]!r}")
             indices = tuple(sorted(set(values)))
         super().__init__(block)
@@ -251,9 +256,9 @@ class RandomBlocks(BlockPattern):
     kind = "random_blocks"
 
     def __init__(self, per_row: int, seed: int = 0, block: int = 128) -> None:
-        if isinstance(per_row, bool) or not isinstance(per_row, int) or per_row < 0:
+        if not _is_int(per_row, 0):
             raise ValueError(f"random_blocks per_row must be an int >= 0, got {per_row!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
+        if not _is_int(seed):
             raise ValueError(f"random_blocks seed must be an int, got {seed!r}")
         super().__init__(block)
         self.per_row, self.seed = per_row, seed
@@ -331,7 +336,7 @@ class BlockMask(BlockPattern):
         if not callable(fn):
             raise TypeError(f"block_mask takes a callable fn(b, h, i, j), got {type(fn).__name__}")
         for name, x in (("seqlen_q", seqlen_q), ("seqlen_k", seqlen_k)):
-            if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            if not _is_int(x, 1):
                 raise ValueError(f"block_mask {name} must be an int >= 1, got {x!r}")
         super().__init__(block)
         self.fn, self.seqlen_q, self.seqlen_k = fn, seqlen_q, seqlen_k

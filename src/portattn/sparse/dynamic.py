@@ -34,7 +34,7 @@ def _check_dtypes(kind: str, want: str, ok, **tensors: object) -> None:
             raise TypeError(f"{kind}: {name} must be {want} tensor (batch, seqlen, heads), got {got}")
 
 
-def _per_query_head(t: torch.Tensor, heads_q: int) -> torch.Tensor:
+def per_head(t: torch.Tensor, heads_q: int) -> torch.Tensor:
     """``(batch, seqlen, heads_kv|heads_q|1)`` -> ``(batch, heads_q, seqlen)``: a key head's rows serve
     its query group."""
     t = t.transpose(1, 2)
@@ -78,17 +78,12 @@ class DynamicPattern(SparsityPattern):
         q_bucket, k_bucket = self.buckets()
         allowed = torch.ones(batch, heads, seqlen_q, seqlen_k, dtype=torch.bool, device=device)
         if q_keep is not None:
-            allowed &= _per_query_head(q_keep.to(device), heads)[..., :, None]
-            allowed &= _per_query_head(k_keep.to(device), heads)[..., None, :]
+            allowed &= per_head(q_keep.to(device), heads)[..., :, None]
+            allowed &= per_head(k_keep.to(device), heads)[..., None, :]
         if q_bucket is not None:
-            qb, kb = (_per_query_head(t.to(device), heads) for t in (q_bucket, k_bucket))
+            qb, kb = (per_head(t.to(device), heads) for t in (q_bucket, k_bucket))
             allowed &= qb[..., :, None] == kb[..., None, :]
         return allowed
-
-    def tile_mask(self, batch, heads, seqlen_q, seqlen_k, q_range, k_range, device):
-        return self.allowed_mask(batch, heads, seqlen_q, seqlen_k, device)[
-            :, :, q_range[0] : q_range[1], k_range[0] : k_range[1]
-        ]
 
 
 class QKDrop(DynamicPattern):
