@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic,offload,volta  (default tests,memcheck,bench)
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic,offload,volta,ampere
+#             (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
 set -uo pipefail
@@ -96,5 +97,23 @@ if has volta; then
     --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash --json "$OUT/volta_bench.json" \
     >"$OUT/volta_bench.log" 2>&1 || status=1
   $PY benchmarks/ratios.py "$OUT/volta_bench.json" | tee "$OUT/volta_table.md"
+fi
+if has ampere; then
+  echo "== cuda_ampere: GPU tests (one-kernel backward, then the two-kernel one), sanitizers, fwd and fwd+bwd against FA2"
+  for dq in atomic separate; do
+    PORTATTN_CUDA_AMPERE_DQ=$dq PORTATTN_GPU_TEST_BACKENDS=cuda_ampere timeout 240 $PY -m pytest -q tests/test_gpu.py \
+      -k "battery or cuda_ampere" -p no:cacheprovider >"$OUT/ampere_tests_$dq.log" 2>&1 || status=1
+    grep -E "^(FAILED|ERROR)" "$OUT/ampere_tests_$dq.log" | head -20
+    echo "dq=$dq: $(tail -1 "$OUT/ampere_tests_$dq.log")"
+  done
+  for tool in memcheck racecheck; do
+    timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 $PY benchmarks/sanitize_cupy.py cuda_ampere \
+      >"$OUT/ampere_$tool.log" 2>&1 || status=1
+    echo "$tool: $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|failed$" "$OUT/ampere_$tool.log" | tr '\n' ' ')"
+  done
+  timeout 300 $PY -m portattn bench --seqlens "$SEQ" --head-dims 64,128 --mode both --no-progress \
+    --backends cuda_ampere --baselines torch.sdpa.flash --json "$OUT/ampere_bench.json" >"$OUT/ampere_bench.log" 2>&1 \
+    || status=1
+  $PY benchmarks/ratios.py "$OUT/ampere_bench.json" | tee "$OUT/ampere_table.md"
 fi
 exit $status

@@ -36,7 +36,7 @@ def test_sources_compile_with_nvcc(tmp_path, arch):
     cmd = [NVCC, *options, f"-arch={arch}", "-Werror", "all-warnings", "-c", str(unit), "-o", str(tmp_path / "u.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert len(names) == 2 * 2 * 8 * 3  # dtypes, tile widths, flag sets, kernels
+    assert len(names) == 2 * 2 * 8 * 4  # dtypes, tile widths, flag sets, kernels
 
 
 def _kernel_params(kernel: str) -> list[str]:
@@ -62,8 +62,30 @@ def test_argument_lists_match_the_kernel_parameters():
     check_arg_types(dkdv.args, _kernel_params("flash_bwd_dkdv"))
     check_arg_types(dq.args, _kernel_params("flash_bwd_dq"))
     assert dkdv.grid == (1, 2 * 2) and dq.grid == (1, 2 * 4)  # 64 keys of each K/V head; 64 queries of each head
-    assert dkdv.args[28] == 2 and dq.args[24] == 4  # the head count each grid runs over
-    assert dkdv.name == "portattn::flash_bwd_dkdv<__nv_bfloat16, 64, 64, 64, false, true, true>"
+    assert dkdv.args[32] == 2 and dq.args[24] == 4  # the head count each grid runs over
+    assert dkdv.name == "portattn::flash_bwd_dkdv<__nv_bfloat16, 64, 64, 4, false, false, true, true>"
+    assert dkdv.args[8] == 0  # no float32 dQ: flash_bwd_dq writes dQ
+
+    dq32 = torch.zeros(q.shape)
+    (fused,) = plan.bwd_launches(call, q, k, v, out, lse, lse, dq32, k, v)  # float32 dQ: the one-kernel backward
+    check_arg_types(fused.args, _kernel_params("flash_bwd_dkdv"))
+    assert fused.name == "portattn::flash_bwd_dkdv<__nv_bfloat16, 64, 64, 8, true, false, true, true>"
+    assert fused.grid == (1, 2 * 2) and fused.threads == 256  # 128 keys of each K/V head
+    assert fused.args[8] == dq32.data_ptr() and fused.args[27:30] == dq32.stride()[:3]
+    # K, V (128 keys), two Q and two dO buffers (64 queries), dS^T, then lse and delta twice
+    assert fused.smem_bytes == (2 * 128 + 4 * 64 + 128 * 64 // 64) * 64 * 2 + 4 * 64 * 4
+
+
+def test_deterministic_algorithms_select_the_two_kernel_backward(monkeypatch):
+    assert plan.dq_by_atomics()
+    monkeypatch.setenv(plan.DQ_ENV, "separate")
+    assert not plan.dq_by_atomics()
+    monkeypatch.delenv(plan.DQ_ENV)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not plan.dq_by_atomics()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.parametrize(("dim", "width"), [(8, 64), (64, 64), (72, 128), (128, 128)])

@@ -72,12 +72,18 @@ def fwd_name(dtype: torch.dtype, cfg: FwdConfig, has_lo: bool, has_hi: bool, has
 
 class BwdConfig(NamedTuple):
     head_dim: int  # tile width, as the forward's
-    dkdv_block_m: int  # queries per step of the dK/dV kernel (its blocks hold 64 keys)
+    dkdv_block_m: int  # queries per step of the dK/dV kernel (its blocks hold 64 keys, 4 warps)
     dq_block_n: int  # keys per step of the dQ kernel (its blocks hold 64 queries)
+    fused_block_m: int  # queries per step of the one-kernel backward (blocks of 128 keys, 8 warps)
+    fused_warps: int = 8
 
 
 def dkdv_name(dtype: torch.dtype, cfg: BwdConfig, flags: tuple) -> str:
-    return kernel_name("flash_bwd_dkdv", dtype, cfg.head_dim, cfg.dkdv_block_m, 64, flags)
+    return kernel_name("flash_bwd_dkdv", dtype, cfg.head_dim, cfg.dkdv_block_m, 4, (False, *flags))
+
+
+def fused_name(dtype: torch.dtype, cfg: BwdConfig, flags: tuple) -> str:
+    return kernel_name("flash_bwd_dkdv", dtype, cfg.head_dim, cfg.fused_block_m, cfg.fused_warps, (True, *flags))
 
 
 def dq_name(dtype: torch.dtype, cfg: BwdConfig, flags: tuple) -> str:
@@ -89,7 +95,8 @@ def all_instances() -> list[str]:
     names = []
     for dtype, width, flags in itertools.product(CPP_TYPES, (64, 128), itertools.product((False, True), repeat=3)):
         bwd = bwd_config(width)
-        names += [fwd_name(dtype, fwd_config(width), *flags), dkdv_name(dtype, bwd, flags), dq_name(dtype, bwd, flags)]
+        names += [fwd_name(dtype, fwd_config(width), *flags), dkdv_name(dtype, bwd, flags), dq_name(dtype, bwd, flags),
+                  fused_name(dtype, bwd, flags)]  # fmt: skip
     return names
 
 
@@ -97,7 +104,16 @@ def bwd_config(head_dim: int) -> BwdConfig:
     """At d=128 the dK/dV kernel holds dK and dV (128 registers): 32-query steps keep it within 255
     registers without spilling (ptxas, sm_80: 64-query steps spill 180 bytes)."""
     width = 64 if head_dim <= 64 else 128
-    return BwdConfig(width, 32 if width == 128 else 64, 64)
+    return BwdConfig(width, 32 if width == 128 else 64, 64, 32 if width == 128 else 64)
+
+
+DQ_ENV = "PORTATTN_CUDA_AMPERE_DQ"  # "separate": the deterministic two-kernel backward even when not asked
+
+
+def dq_by_atomics() -> bool:
+    """The one-kernel backward (dQ added in float32 by atomics: its sums' order varies from run to run)
+    unless torch asks for deterministic algorithms, or the environment for the two-kernel one."""
+    return os.environ.get(DQ_ENV, "") != "separate" and not torch.are_deterministic_algorithms_enabled()
 
 
 def _scalars(call: AttentionCall) -> tuple:
@@ -132,20 +148,35 @@ def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> Launch:
     return Launch(name, grid, cfg.threads, cfg.smem_bytes, args)
 
 
-def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, Launch]:
-    """The dK/dV launch (blocks of 64 keys) and the dQ launch (blocks of 64 queries); ``delta`` float32
-    ``(batch, heads_q, seqlen_q)`` is rowsum(dout * out)."""
+def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, ...]:
+    """``delta`` float32 ``(batch, heads_q, seqlen_q)`` is rowsum(dout * out). With ``dq`` in float32 (zeros,
+    contiguous): the one-kernel backward, which adds the scaled dQ into it. Otherwise the dK/dV launch
+    (blocks of 64 keys) and the dQ launch (blocks of 64 queries), deterministic."""
     cfg = bwd_config(max(call.head_dim, call.head_dim_v))
     sq, sk, group, *rest = _scalars(call)
     scale = np.float32(call.scale)
     pointers = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr(), delta.data_ptr())
     strides = (*_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout))
+    kv_grid_args = (sq, sk, np.int32(call.heads_kv), group, *rest, scale)
+
+    def smem(block_n: int, block_m: int, ds: bool) -> int:
+        """K, V, then two Q, dO buffers and two lse, delta buffers, and dS^T if staged."""
+        return (2 * block_n + 4 * block_m + ds * block_n * block_m // cfg.head_dim) * cfg.head_dim * 2 + 16 * block_m
+
+    if dq.dtype == torch.float32:
+        block_n = 16 * cfg.fused_warps
+        fused = Launch(
+            fused_name(q.dtype, cfg, _flags(call)),
+            (math.ceil(call.seqlen_k / block_n), call.batch * call.heads_kv), 32 * cfg.fused_warps,
+            smem(block_n, cfg.fused_block_m, True),
+            (*pointers, dk.data_ptr(), dv.data_ptr(), dq.data_ptr(), *strides, *_bsh(dk), *_bsh(dv), *_bsh(dq),
+             *kv_grid_args),
+        )  # fmt: skip
+        return (fused,)
     dkdv = Launch(
         dkdv_name(q.dtype, cfg, _flags(call)),
-        (math.ceil(call.seqlen_k / 64), call.batch * call.heads_kv), 128,
-        (2 * 64 + 4 * cfg.dkdv_block_m) * cfg.head_dim * 2,  # K, V, then two Q and two dO buffers
-        (*pointers, dk.data_ptr(), dv.data_ptr(), *strides, *_bsh(dk), *_bsh(dv), sq, sk, np.int32(call.heads_kv),
-         group, *rest, scale),
+        (math.ceil(call.seqlen_k / 64), call.batch * call.heads_kv), 128, smem(64, cfg.dkdv_block_m, False),
+        (*pointers, dk.data_ptr(), dv.data_ptr(), 0, *strides, *_bsh(dk), *_bsh(dv), 0, 0, 0, *kv_grid_args),
     )  # fmt: skip
     dq_launch = Launch(
         dq_name(q.dtype, cfg, _flags(call)),

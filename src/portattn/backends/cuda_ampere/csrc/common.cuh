@@ -15,14 +15,17 @@ namespace portattn {
 
 using u32 = unsigned int;  // NVRTC has no <stdint.h>
 
-// A tile of ROWS x HEAD_DIM 16-bit values is stored row by row; 16-byte chunk c of row r sits at
-// chunk c ^ (r % 8). The 8 rows an ldmatrix reads, and the 8 chunks cp.async writes per row group,
-// then fall in 8 different 4-bank groups: no bank conflicts.
+// A tile of ROWS x WIDTH 16-bit values is stored row by row; 16-byte chunk c of row r sits at chunk
+// c ^ (r % 8). The 8 rows an ldmatrix reads, and the 8 chunks cp.async writes per row group, then fall in
+// 8 different 4-bank groups: no bank conflicts. Rows of 4 chunks (WIDTH 32: two rows per 128 bytes) use
+// c ^ ((r / 2) % 4) for the same effect.
 // Bit operations, not / and %: the compiler then sees that a row offset by a multiple of 8 keeps its
 // XOR key, and turns such offsets into immediates instead of holding each address in a register.
-template <int HEAD_DIM>
+template <int WIDTH>
 __device__ __forceinline__ int swizzle(int row, int col) {
-  return row * HEAD_DIM + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+  static_assert(WIDTH % 64 == 0 || WIDTH == 32, "rows of 4 or a multiple of 8 chunks of 16 bytes");
+  const int key = WIDTH == 32 ? (row >> 1) & 3 : row & 7;
+  return row * WIDTH + ((((col >> 3) ^ key)) << 3) + (col & 7);
 }
 
 template <typename T>
@@ -33,6 +36,11 @@ __device__ __forceinline__ u32 smem_addr(const T* base, int offset) {
 __device__ __forceinline__ void cp_async_16(u32 dst, const void* src, bool valid) {
   const int bytes = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void cp_async_4(u32 dst, const void* src, bool valid) {
+  const int bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -132,9 +140,30 @@ __device__ __forceinline__ void mma_a_bt(float (&acc)[M_TILES][N_TILES][4], cons
 template <typename T>
 __device__ __forceinline__ u32 pack2(float lo, float hi);
 
+// One 16-row k-step of acc (M_TILES x 16 rows, N_TILES x 8 columns) += A X: `a` holds A's fragments for
+// the step, X's rows kk * 16.. of a swizzled tile (X_WIDTH wide) come transposed by ldmatrix, from column
+// `col0` on. Each X fragment feeds M_TILES MMAs.
+template <typename T, int X_WIDTH, int M_TILES, int N_TILES>
+__device__ __forceinline__ void mma_x_step(float (&acc)[M_TILES][N_TILES][4], const u32 (&a)[M_TILES][4], const T* x,
+                                           int kk, int col0, int lane) {
+  static_assert(N_TILES % 2 == 0, "X fragments come in pairs of 8-column tiles");
+#pragma unroll
+  for (int j = 0; j < N_TILES; j += 2) {
+    u32 xf[4];  // b0, b1 of column tile j, then of column tile j + 1
+    const int row = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
+    const int col = col0 + j * 8 + (lane / 16) * 8;
+    ldmatrix_x4_trans(xf, smem_addr(x, swizzle<X_WIDTH>(row, col)));
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+      mma_16816<T>(acc[mt][j], a[mt], xf[0], xf[1]);
+      mma_16816<T>(acc[mt][j + 1], a[mt], xf[2], xf[3]);
+    }
+  }
+}
+
 // acc (M_TILES x 16 rows, HEAD_DIM wide) += P X: P is an fp32 accumulator (M_TILES x 16 rows, K_TILES x 8
 // columns) in registers, rounded to T; X's K_TILES * 8 rows are a whole swizzled tile. The accumulator
-// layout of m16n8k16, packed in pairs, is its A operand's layout; X comes transposed by ldmatrix.
+// layout of m16n8k16, packed in pairs, is its A operand's layout.
 template <typename T, int HEAD_DIM, int M_TILES, int K_TILES>
 __device__ __forceinline__ void mma_p_x(float (&acc)[M_TILES][HEAD_DIM / 8][4], const float (&p)[M_TILES][K_TILES][4],
                                         const T* x, int lane) {
@@ -149,18 +178,22 @@ __device__ __forceinline__ void mma_p_x(float (&acc)[M_TILES][HEAD_DIM / 8][4], 
       pa[mt][2] = pack2<T>(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
       pa[mt][3] = pack2<T>(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
     }
+    mma_x_step<T, HEAD_DIM, M_TILES, HEAD_DIM / 8>(acc, pa, x, kk, 0, lane);
+  }
+}
+
+// acc (16 rows, N_TILES x 8 columns) += A X over K_STEPS 16-row steps, with A stored transposed: A's rows
+// are columns a_col0.. of the swizzled tile `a_t` (A_WIDTH wide, one row per k), read by ldmatrix.trans.
+// X as in mma_x_step, from column x_col0.
+template <typename T, int A_WIDTH, int X_WIDTH, int N_TILES, int K_STEPS>
+__device__ __forceinline__ void mma_at_x(float (&acc)[1][N_TILES][4], const T* a_t, int a_col0, const T* x, int x_col0,
+                                         int lane) {
 #pragma unroll
-    for (int j = 0; j < HEAD_DIM / 8; j += 2) {
-      u32 xf[4];  // b0, b1 of column tile j, then of column tile j + 1
-      const int row = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
-      const int col = j * 8 + (lane / 16) * 8;
-      ldmatrix_x4_trans(xf, smem_addr(x, swizzle<HEAD_DIM>(row, col)));
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt) {
-        mma_16816<T>(acc[mt][j], pa[mt], xf[0], xf[1]);
-        mma_16816<T>(acc[mt][j + 1], pa[mt], xf[2], xf[3]);
-      }
-    }
+  for (int kk = 0; kk < K_STEPS; ++kk) {
+    u32 af[1][4];  // (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
+    ldmatrix_x4_trans(af[0], smem_addr(a_t, swizzle<A_WIDTH>(kk * 16 + lane % 8 + (lane / 16) * 8,
+                                                              a_col0 + ((lane / 8) % 2) * 8)));
+    mma_x_step<T, X_WIDTH, 1, N_TILES>(acc, af, x, kk, x_col0, lane);
   }
 }
 

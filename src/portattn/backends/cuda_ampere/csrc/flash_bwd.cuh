@@ -11,19 +11,18 @@
 
 namespace portattn {
 
-// P and dS of one 16 x (N_TILES * 8) block in registers: s holds raw q.k, dp holds dO.v; rows are
-// `rows`, columns `cols` (queries or keys as the caller lays them out); lse2 and delta are per query.
-// On return s holds P and dp holds dS = P * (dP - delta) (times the softcap's derivative).
-template <int N_TILES, bool HAS_SOFTCAP>
-__device__ __forceinline__ void softmax_grad(float (&s)[1][N_TILES][4], float (&dp)[1][N_TILES][4],
-                                             const bool (&ok)[N_TILES][4], const float (&lse2)[N_TILES][4],
-                                             const float (&delta)[N_TILES][4], float scale_log2, float softcap_log2,
-                                             float scale_over_cap) {
+// P and dS of one 16 x (N_TILES * 8) block in registers: s holds raw q.k, dp holds dO.v; rows and
+// columns are queries or keys as the caller lays them out. `at(j, e, lse2, delta)` gives element (j, e)'s
+// visibility and sets its query's lse (base 2) and delta: read where they are needed, not held in registers
+// across the MMAs. On return s holds P and dp holds dS = P * (dP - delta) (times the softcap's derivative).
+template <int N_TILES, bool HAS_SOFTCAP, typename At>
+__device__ __forceinline__ void softmax_grad(float (&s)[1][N_TILES][4], float (&dp)[1][N_TILES][4], At at,
+                                             float scale_log2, float softcap_log2, float scale_over_cap) {
 #pragma unroll
   for (int j = 0; j < N_TILES; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x, dcap = 1.f;
+      float x, dcap = 1.f, lse2, delta;
       if (HAS_SOFTCAP) {
         const float t = tanhf(s[0][j][e] * scale_over_cap);
         x = softcap_log2 * t;
@@ -31,9 +30,10 @@ __device__ __forceinline__ void softmax_grad(float (&s)[1][N_TILES][4], float (&
       } else {
         x = s[0][j][e] * scale_log2;
       }
-      const float pr = ok[j][e] ? exp2f(x - lse2[j][e]) : 0.f;
+      const bool ok = at(j, e, lse2, delta);
+      const float pr = ok ? exp2f(x - lse2) : 0.f;
       s[0][j][e] = pr;
-      dp[0][j][e] = pr * (dp[0][j][e] - delta[j][e]) * dcap;
+      dp[0][j][e] = pr * (dp[0][j][e] - delta) * dcap;
     }
   }
 }
@@ -42,30 +42,82 @@ __device__ __forceinline__ float lse_log2(float lse) {
   return lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;  // -inf: the row sees nothing, P = 0
 }
 
-// One block: BLOCK_N keys of one (batch, K/V head); warps split the keys. For every query head of the
-// group and every visible query block: S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T, dS^T, dK += dS^T Q.
-template <typename T, int HEAD_DIM, int BLOCK_M, int BLOCK_N, bool HAS_LO, bool HAS_HI, bool HAS_SOFTCAP>
-__global__ void __launch_bounds__(128)
+// lse and delta of BLOCK_M queries (from row `m0` of a (batch, head) row of length seqlen_q) into shared
+// memory by 4-byte cp.async, zero past seqlen_q (those queries are masked out by `visible`).
+template <int BLOCK_M, int THREADS>
+__device__ __forceinline__ void load_rows_async(float* lse_s, float* dlt_s, const float* lse, const float* delta,
+                                                long long row_base, int m0, int seqlen_q, int tid) {
+  static_assert(2 * BLOCK_M <= THREADS, "one thread per value");
+  if (tid < 2 * BLOCK_M) {
+    const int i = tid % BLOCK_M;
+    const bool valid = m0 + i < seqlen_q;
+    const float* src = (tid < BLOCK_M ? lse : delta) + row_base + (valid ? m0 + i : 0);
+    cp_async_4(smem_addr(tid < BLOCK_M ? lse_s : dlt_s, i), src, valid);
+  }
+}
+
+// dQ += tile (16 rows from `row`, N_TILES * 8 columns from `col`) in float32, by atomics: two adjacent
+// columns per instruction on sm90 (red.global.add.v2.f32), one elsewhere.
+template <int N_TILES>
+__device__ __forceinline__ void atomic_add_rows(float* head, long long row_stride, const float (&acc)[1][N_TILES][4],
+                                                int row, int col, int seqlen_q, int dim, int lane) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int rr = row + lane / 4 + r * 8;
+    if (rr >= seqlen_q) continue;
+#pragma unroll
+    for (int j = 0; j < N_TILES; ++j) {
+      const int cc = col + j * 8 + (lane % 4) * 2;
+      if (cc >= dim) continue;
+      float* dst = head + rr * row_stride + cc;
+#if __CUDA_ARCH__ >= 900
+      atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[0][j][2 * r], acc[0][j][2 * r + 1]));
+#else
+      atomicAdd(dst, acc[0][j][2 * r]);
+      atomicAdd(dst + 1, acc[0][j][2 * r + 1]);
+#endif
+    }
+  }
+}
+
+// One block: BLOCK_N = 16 * WARPS keys of one (batch, K/V head); warps split the keys. For every query head
+// of the group and every visible query block: S^T = K Q^T, P^T, dV += P^T dO, dP^T = V dO^T, dS^T,
+// dK += dS^T Q. dK and dV stay in registers (no atomics).
+// DQ_ATOMIC: also dQ += dS K for the query block, from dS^T staged in shared memory, the warps splitting
+// dQ's rows and columns, added in float32 to `dq_acc` (batch, seqlen_q, heads_q, dim) by atomics, already
+// scaled (FlashAttention-2's one-kernel backward; not deterministic). Without it flash_bwd_dq computes dQ.
+template <typename T, int HEAD_DIM, int BLOCK_M, int WARPS, bool DQ_ATOMIC, bool HAS_LO, bool HAS_HI,
+          bool HAS_SOFTCAP>
+__global__ void __launch_bounds__(WARPS * 32, 1)
 flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
-               void* dk, void* dv,
+               void* dk, void* dv, float* dq_acc,
                long long q_stride_b, long long q_stride_s, long long q_stride_h,
                long long k_stride_b, long long k_stride_s, long long k_stride_h,
                long long v_stride_b, long long v_stride_s, long long v_stride_h,
                long long do_stride_b, long long do_stride_s, long long do_stride_h,
                long long dk_stride_b, long long dk_stride_s, long long dk_stride_h,
                long long dv_stride_b, long long dv_stride_s, long long dv_stride_h,
+               long long dq_stride_b, long long dq_stride_s, long long dq_stride_h,
                int seqlen_q, int seqlen_k, int heads_kv, int group, int dim, int dim_v, int band_lo, int band_hi,
                float scale_log2, float softcap_log2, float scale_over_cap, float scale) {
-  constexpr int THREADS = 128;
+  constexpr int THREADS = WARPS * 32;
+  constexpr int BLOCK_N = WARPS * 16;
   constexpr int M_TILES = BLOCK_M / 8;   // 8-query column tiles of S^T
   constexpr int D_TILES = HEAD_DIM / 8;  // 8-dim column tiles of dK, dV
-  static_assert(BLOCK_N == 64, "4 warps of 16 keys");
+  // dQ's warp grid: DQ_WM warps over 16-row tiles of the query block, DQ_WD over its columns
+  constexpr int DQ_WM = BLOCK_M / 16;
+  constexpr int DQ_WD = WARPS / DQ_WM;
+  constexpr int DQ_TILES = D_TILES / DQ_WD;
+  static_assert(!DQ_ATOMIC || (DQ_WM * DQ_WD == WARPS && DQ_TILES % 2 == 0), "dQ's warp grid covers the block");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* k_smem = reinterpret_cast<T*>(smem_raw);
   T* v_smem = k_smem + BLOCK_N * HEAD_DIM;
-  T* q_smem = v_smem + BLOCK_N * HEAD_DIM;      // 2 buffers
+  T* q_smem = v_smem + BLOCK_N * HEAD_DIM;       // 2 buffers
   T* do_smem = q_smem + 2 * BLOCK_M * HEAD_DIM;  // 2 buffers
+  float* lse_smem = reinterpret_cast<float*>(do_smem + 2 * BLOCK_M * HEAD_DIM);  // 2 buffers
+  float* dlt_smem = lse_smem + 2 * BLOCK_M;                                       // 2 buffers
+  T* ds_smem = reinterpret_cast<T*>(dlt_smem + 2 * BLOCK_M);  // dS^T, BLOCK_N x BLOCK_M (DQ_ATOMIC only)
 
   const int tid = threadIdx.x;
   const int lane = tid % 32;
@@ -106,6 +158,8 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
         do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h * do_stride_h,
         do_stride_s, m0, seqlen_q, dim_v, tid);
+    load_rows_async<BLOCK_M, THREADS>(lse_smem + buf * BLOCK_M, dlt_smem + buf * BLOCK_M, lse, delta,
+                                      (static_cast<long long>(b) * heads_q + h) * seqlen_q, m0, seqlen_q, tid);
   };
   if (items > 0) issue(0, 0);
   cp_async_commit();  // K, V and the first Q, dO
@@ -121,23 +175,6 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     const int h = hk * group + item / tiles;
     const int m0 = first + (item % tiles) * BLOCK_M;
 
-    // per-column (query) values of this thread's S^T elements
-    bool ok[M_TILES][4];
-    float lse2[M_TILES][4], dlt[M_TILES][4];
-    const long long row_base = (static_cast<long long>(b) * heads_q + h) * seqlen_q;
-#pragma unroll
-    for (int j = 0; j < M_TILES; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int query = m0 + j * 8 + (lane % 4) * 2 + e % 2;
-        const int key = key0 + (e / 2) * 8;
-        ok[j][e] = visible<HAS_LO, HAS_HI>(query, key, seqlen_q, seqlen_k, band_lo, band_hi);
-        const bool in = query < seqlen_q;
-        lse2[j][e] = in ? lse_log2(lse[row_base + query]) : INFINITY;
-        dlt[j][e] = in ? delta[row_base + query] : 0.f;
-      }
-    }
-
     float st[1][M_TILES][4], dpt[1][M_TILES][4];
 #pragma unroll
     for (int j = 0; j < M_TILES; ++j) {
@@ -146,10 +183,42 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     }
     mma_a_bt<T, HEAD_DIM, 1, M_TILES>(st, k_smem, warp * 16, q_buf, lane);    // S^T = K Q^T
     mma_a_bt<T, HEAD_DIM, 1, M_TILES>(dpt, v_smem, warp * 16, do_buf, lane);  // dP^T = V dO^T
-    softmax_grad<M_TILES, HAS_SOFTCAP>(st, dpt, ok, lse2, dlt, scale_log2, softcap_log2, scale_over_cap);
+    const float* lse_buf = lse_smem + buf * BLOCK_M;
+    const float* dlt_buf = dlt_smem + buf * BLOCK_M;
+    auto at = [&](int j, int e, float& lse2, float& dlt) {  // S^T's columns are queries
+      const int col = j * 8 + (lane % 4) * 2 + e % 2;
+      lse2 = lse_log2(lse_buf[col]);
+      dlt = dlt_buf[col];
+      return visible<HAS_LO, HAS_HI>(m0 + col, key0 + (e / 2) * 8, seqlen_q, seqlen_k, band_lo, band_hi);
+    };
+    softmax_grad<M_TILES, HAS_SOFTCAP>(st, dpt, at, scale_log2, softcap_log2, scale_over_cap);
     mma_p_x<T, HEAD_DIM, 1, M_TILES>(dv_acc, st, do_buf, lane);  // dV += P^T dO
     mma_p_x<T, HEAD_DIM, 1, M_TILES>(dk_acc, dpt, q_buf, lane);  // dK += dS^T Q
-    __syncthreads();  // the next item's loads overwrite this buffer
+    if (DQ_ATOMIC) {  // this warp's 16 rows of dS^T, scaled, for dQ
+#pragma unroll
+      for (int j = 0; j < M_TILES; ++j) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = warp * 16 + lane / 4 + r * 8;
+          *reinterpret_cast<u32*>(ds_smem + swizzle<BLOCK_M>(row, j * 8 + (lane % 4) * 2)) =
+              pack2<T>(dpt[0][j][2 * r] * scale, dpt[0][j][2 * r + 1] * scale);
+        }
+      }
+    }
+    // DQ_ATOMIC: dS^T is complete. Either way every warp is done with this item's Q and dO buffers,
+    // which the next item's loads overwrite.
+    __syncthreads();
+    if (DQ_ATOMIC) {
+      const int wm = warp % DQ_WM;
+      const int wd = warp / DQ_WM;
+      float dq_tile[1][DQ_TILES][4];
+#pragma unroll
+      for (int j = 0; j < DQ_TILES; ++j) dq_tile[0][j][0] = dq_tile[0][j][1] = dq_tile[0][j][2] = dq_tile[0][j][3] = 0.f;
+      mma_at_x<T, BLOCK_M, HEAD_DIM, DQ_TILES, BLOCK_N / 16>(dq_tile, ds_smem, wm * 16, k_smem, wd * DQ_TILES * 8,
+                                                             lane);  // dQ = dS K
+      atomic_add_rows<DQ_TILES>(dq_acc + b * dq_stride_b + h * dq_stride_h, dq_stride_s, dq_tile, m0 + wm * 16,
+                                wd * DQ_TILES * 8, seqlen_q, dim, lane);
+    }
   }
   cp_async_wait<0>();
 
@@ -248,18 +317,6 @@ flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, cons
     const T* k_buf = k_smem + buf * BLOCK_N * HEAD_DIM;
     const T* v_buf = v_smem + buf * BLOCK_N * HEAD_DIM;
 
-    bool ok[N_TILES][4];
-    float lse_e[N_TILES][4], dlt_e[N_TILES][4];
-#pragma unroll
-    for (int j = 0; j < N_TILES; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
-        ok[j][e] = visible<HAS_LO, HAS_HI>(row0 + (e / 2) * 8, key, seqlen_q, seqlen_k, band_lo, band_hi);
-        lse_e[j][e] = lse2[e / 2];
-        dlt_e[j][e] = dlt[e / 2];
-      }
-    }
     float s[1][N_TILES][4], dp[1][N_TILES][4];
 #pragma unroll
     for (int j = 0; j < N_TILES; ++j) {
@@ -268,7 +325,13 @@ flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, cons
     }
     mma_a_bt<T, HEAD_DIM, 1, N_TILES>(s, q_smem, warp * 16, k_buf, lane);    // S = Q K^T
     mma_a_bt<T, HEAD_DIM, 1, N_TILES>(dp, do_smem, warp * 16, v_buf, lane);  // dP = dO V^T
-    softmax_grad<N_TILES, HAS_SOFTCAP>(s, dp, ok, lse_e, dlt_e, scale_log2, softcap_log2, scale_over_cap);
+    auto at = [&](int j, int e, float& lse2_e, float& dlt_e) {  // S's rows are queries
+      lse2_e = lse2[e / 2];
+      dlt_e = dlt[e / 2];
+      const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
+      return visible<HAS_LO, HAS_HI>(row0 + (e / 2) * 8, key, seqlen_q, seqlen_k, band_lo, band_hi);
+    };
+    softmax_grad<N_TILES, HAS_SOFTCAP>(s, dp, at, scale_log2, softcap_log2, scale_over_cap);
     mma_p_x<T, HEAD_DIM, 1, N_TILES>(dq_acc, dp, k_buf, lane);  // dQ += dS K
     __syncthreads();  // the next block's loads overwrite this buffer
   }

@@ -4,7 +4,7 @@
 // One thread block: BLOCK_M query rows of one (batch, query head); each of its 4 warps owns a quarter
 // of them for the whole loop (split-Q: no cross-warp reduction). Visibility is the band lo <= key - row <= hi
 // (HAS_LO / HAS_HI off = unbounded): key blocks outside it are never loaded, blocks wholly inside run
-// without mask arithmetic. Softmax in base 2 with the scale folded into one multiply.
+// without mask arithmetic. Softmax in base 2 with the scale folded into the exponent's FMA.
 //
 // Tensors are (batch, seqlen, heads, HEAD_DIM-or-less) with a contiguous last dim and 16-byte aligned
 // rows; `dim` (<= HEAD_DIM, a multiple of 8) is the real head dim, the rest is zero-filled in shared
@@ -32,7 +32,6 @@ struct FwdParams {
   float scale_over_cap;  // HAS_SOFTCAP: scale / softcap
 };
 
-// Launched with plain arguments (what CuPy passes without a struct layout to agree on), in FwdParams' order.
 // Launched with plain arguments (what CuPy passes without a struct layout to agree on), in FwdParams' order.
 // 4 warps; each owns BLOCK_M / 4 query rows as BLOCK_M / 64 MMA tiles of 16 rows, so that every K and V
 // fragment read from shared memory feeds that many MMAs.
@@ -121,46 +120,51 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     }
     cp_async_commit();
 
-    // scores in base 2, masked where the block is not wholly visible
+    // scores masked where the block is not wholly visible; with a softcap already capped and in base 2,
+    // otherwise raw: the scale is folded into the exponent's FMA below
     bool masked = n0 + BLOCK_N > p.seqlen_k || m0 + BLOCK_M > p.seqlen_q;
     if (HAS_LO) masked |= n0 < m0 + BLOCK_M - 1 + p.band_lo;
     if (HAS_HI) masked |= n0 + BLOCK_N - 1 > m0 + p.band_hi;
+    if (HAS_SOFTCAP || masked) {
 #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt) {
+      for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-      for (int j = 0; j < N_TILES; ++j) {
+        for (int j = 0; j < N_TILES; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][j][e];
-          x = HAS_SOFTCAP ? p.softcap_log2 * tanhf(x * p.scale_over_cap) : x * p.scale_log2;
-          if (masked) {
-            const int row = row0 + mt * 16 + (e / 2) * 8;
-            const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
-            if (!visible<HAS_LO, HAS_HI>(row, key, p.seqlen_q, p.seqlen_k, p.band_lo, p.band_hi)) x = -INFINITY;
+          for (int e = 0; e < 4; ++e) {
+            float x = s[mt][j][e];
+            if (HAS_SOFTCAP) x = p.softcap_log2 * tanhf(x * p.scale_over_cap);
+            if (masked) {
+              const int row = row0 + mt * 16 + (e / 2) * 8;
+              const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
+              if (!visible<HAS_LO, HAS_HI>(row, key, p.seqlen_q, p.seqlen_k, p.band_lo, p.band_hi)) x = -INFINITY;
+            }
+            s[mt][j][e] = x;
           }
-          s[mt][j][e] = x;
         }
       }
     }
+    const float to_log2 = HAS_SOFTCAP ? 1.f : p.scale_log2;  // scores -> base-2 logits (the scale is > 0)
 
-    // online softmax: each row's max and sum across the 4 threads of a quad
+    // online softmax: each row's max and sum across the 4 threads of a quad; row_max in base 2
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        float mx = row_max[mt][r];
+        float mx = -INFINITY;
 #pragma unroll
         for (int j = 0; j < N_TILES; ++j) mx = fmaxf(mx, fmaxf(s[mt][j][2 * r], s[mt][j][2 * r + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        mx = fmaxf(row_max[mt][r], mx * to_log2);
         const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
         const float alpha = exp2f(row_max[mt][r] - m_use);
         row_max[mt][r] = mx;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < N_TILES; ++j) {
-          s[mt][j][2 * r] = exp2f(s[mt][j][2 * r] - m_use);
-          s[mt][j][2 * r + 1] = exp2f(s[mt][j][2 * r + 1] - m_use);
+          s[mt][j][2 * r] = exp2f(fmaf(s[mt][j][2 * r], to_log2, -m_use));
+          s[mt][j][2 * r + 1] = exp2f(fmaf(s[mt][j][2 * r + 1], to_log2, -m_use));
           sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
         }
         row_sum[mt][r] = row_sum[mt][r] * alpha + sum;  // this thread's share; the quad adds up at the end
