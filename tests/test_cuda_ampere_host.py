@@ -36,7 +36,7 @@ def test_sources_compile_with_nvcc(tmp_path, arch):
     cmd = [NVCC, *options, f"-arch={arch}", "-Werror", "all-warnings", "-c", str(unit), "-o", str(tmp_path / "u.o")]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert len(names) == 2 * 2 * 8 * 4  # dtypes, tile widths, flag sets, kernels
+    assert len(names) == 2 * 2 * 8 * 4 + 2 * 2  # dtypes, tile widths, flag sets, kernels; delta kernels
 
 
 def _kernel_params(kernel: str) -> list[str]:
@@ -74,6 +74,11 @@ def test_argument_lists_match_the_kernel_parameters():
     assert fused.args[8] == dq32.data_ptr() and fused.args[27:30] == dq32.stride()[:3]
     # K, V (128 keys), two Q and two dO buffers (64 queries), dS^T, then lse and delta twice
     assert fused.smem_bytes == (2 * 128 + 4 * 64 + 128 * 64 // 64) * 64 * 2 + 4 * 64 * 4
+
+    delta = plan.delta_launch(call, out, out, lse, dq32)
+    check_arg_types(delta.args, _kernel_params("flash_bwd_delta"))
+    assert delta.name == "portattn::flash_bwd_delta<__nv_bfloat16, 64>" and delta.grid == (1, 2 * 4)
+    assert delta.args[3] == dq32.data_ptr() and plan.delta_launch(call, out, out, lse, None).args[3] == 0
 
 
 def test_deterministic_algorithms_select_the_two_kernel_backward(monkeypatch):

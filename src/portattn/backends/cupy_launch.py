@@ -45,17 +45,25 @@ def forward(source: str, options: tuple[str, ...], fwd_launch: Callable, call: A
 
 
 def backward(source: str, options: tuple[str, ...], bwd_launches: Callable, call: AttentionCall, q, k, v, out, lse,
-             dout, *, dq_float32: bool = False):  # fmt: skip
-    """A backend's FlashAttention-2 backward: delta = rowsum(dout * out) in torch, then the launches
-    ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans. ``dq_float32``: the launches
-    add into a zeroed float32 dQ (by atomics), rounded to the inputs' dtype at the end. ``(dq, dk, dv)``."""
-    q, k, v, dout = (rows_aligned(t) for t in (q, k, v, dout))
+             dout, *, dq_float32: bool = False, delta_launch: Callable | None = None):  # fmt: skip
+    """A backend's FlashAttention-2 backward: delta = rowsum(dout * out) (by ``delta_launch(call, out, dout,
+    delta, dq_zero)``, which also zeroes ``dq_zero`` when given; otherwise in torch), then the launches
+    ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans. ``dq_float32``: those launches add
+    into a zeroed float32 dQ (by atomics), rounded to the inputs' dtype at the end. ``(dq, dk, dv)``."""
+    q, k, v, out, dout = (rows_aligned(t) for t in (q, k, v, out, dout))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
-    dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
-    run(source, options, *bwd_launches(call, q, k, v, dout, lse.contiguous(), delta, dq_sum, dk, dv), device=q.device)
+    launches = []
+    if delta_launch is None:
+        delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
+        dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
+    else:
+        delta = torch.empty((call.batch, call.heads_q, call.seqlen_q), dtype=torch.float32, device=q.device)
+        dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
+        launches.append(delta_launch(call, out, dout, delta, dq_sum if dq_float32 else None))
+    launches += bwd_launches(call, q, k, v, dout, lse.contiguous(), delta, dq_sum, dk, dv)
+    run(source, options, *launches, device=q.device)
     if dq_float32:
         dq.copy_(dq_sum)
     return dq, dk, dv

@@ -97,7 +97,24 @@ def all_instances() -> list[str]:
         bwd = bwd_config(width)
         names += [fwd_name(dtype, fwd_config(width), *flags), dkdv_name(dtype, bwd, flags), dq_name(dtype, bwd, flags),
                   fused_name(dtype, bwd, flags)]  # fmt: skip
+    names += [delta_name(dtype, width) for dtype, width in itertools.product(CPP_TYPES, (64, 128))]
     return names
+
+
+def delta_name(dtype: torch.dtype, width: int) -> str:
+    return f"portattn::flash_bwd_delta<{CPP_TYPES[dtype]}, {width}>"
+
+
+def delta_launch(call: AttentionCall, out, dout, delta, dq_zero) -> Launch:
+    """rowsum(dout * out) into ``delta`` float32 ``(batch, heads_q, seqlen_q)``; ``dq_zero`` (float32, like
+    q, or None) zeroed on the way. Blocks of 64 queries of one (batch, head)."""
+    width = 64 if call.head_dim_v <= 64 and call.head_dim <= 64 else 128
+    dq_ptr, dq_strides = (0, (0, 0, 0)) if dq_zero is None else (dq_zero.data_ptr(), _bsh(dq_zero))
+    return Launch(
+        delta_name(out.dtype, width), (math.ceil(call.seqlen_q / 64), call.batch * call.heads_q), 256, 0,
+        (out.data_ptr(), dout.data_ptr(), delta.data_ptr(), dq_ptr, *_bsh(out), *_bsh(dout), *dq_strides,
+         np.int32(call.seqlen_q), np.int32(call.heads_q), np.int32(call.head_dim), np.int32(call.head_dim_v)),
+    )  # fmt: skip
 
 
 def bwd_config(head_dim: int) -> BwdConfig:

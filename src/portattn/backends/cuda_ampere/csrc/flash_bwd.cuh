@@ -42,6 +42,47 @@ __device__ __forceinline__ float lse_log2(float lse) {
   return lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;  // -inf: the row sees nothing, P = 0
 }
 
+// The backward's first pass: delta = rowsum(dout * out) for 64 queries of one (batch, query head) into
+// `delta` float32 (batch, heads_q, seqlen_q), and, when `dq_acc` is given, those queries' rows of the float32
+// dQ zeroed for the one-kernel backward to add into. HEAD_DIM / 8 threads per row, 16 bytes each.
+template <typename T, int HEAD_DIM>
+__global__ void __launch_bounds__(256)
+flash_bwd_delta(const void* out, const void* dout, float* delta, float* dq_acc,
+                long long o_stride_b, long long o_stride_s, long long o_stride_h,
+                long long do_stride_b, long long do_stride_s, long long do_stride_h,
+                long long dq_stride_b, long long dq_stride_s, long long dq_stride_h,
+                int seqlen_q, int heads_q, int dim, int dim_v) {
+  constexpr int CHUNKS = HEAD_DIM / 8;
+  constexpr int ROWS_PER_PASS = 256 / CHUNKS;
+  const int b = blockIdx.y / heads_q;
+  const int h = blockIdx.y % heads_q;
+  const int col = (threadIdx.x % CHUNKS) * 8;
+  const T* o_head = static_cast<const T*>(out) + b * o_stride_b + h * o_stride_h;
+  const T* do_head = static_cast<const T*>(dout) + b * do_stride_b + h * do_stride_h;
+#pragma unroll
+  for (int pass = 0; pass < 64 / ROWS_PER_PASS; ++pass) {
+    const int row = blockIdx.x * 64 + pass * ROWS_PER_PASS + threadIdx.x / CHUNKS;
+    float sum = 0.f;
+    if (row < seqlen_q && col < dim_v) {
+      const uint4 o = *reinterpret_cast<const uint4*>(o_head + row * o_stride_s + col);
+      const uint4 g = *reinterpret_cast<const uint4*>(do_head + row * do_stride_s + col);
+      const T* ot = reinterpret_cast<const T*>(&o);
+      const T* gt = reinterpret_cast<const T*>(&g);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sum += static_cast<float>(ot[i]) * static_cast<float>(gt[i]);
+    }
+#pragma unroll
+    for (int m = 1; m < CHUNKS; m *= 2) sum += __shfl_xor_sync(0xffffffff, sum, m);  // the row's threads
+    if (row < seqlen_q) {
+      if (col == 0) delta[(static_cast<long long>(blockIdx.y)) * seqlen_q + row] = sum;
+      if (dq_acc != nullptr && col < dim) {
+        float4* dst = reinterpret_cast<float4*>(dq_acc + b * dq_stride_b + h * dq_stride_h + row * dq_stride_s + col);
+        dst[0] = dst[1] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+    }
+  }
+}
+
 // lse and delta of BLOCK_M queries (from row `m0` of a (batch, head) row of length seqlen_q) into shared
 // memory by 4-byte cp.async, zero past seqlen_q (those queries are masked out by `visible`).
 template <int BLOCK_M, int THREADS>
