@@ -75,10 +75,10 @@ def test_argument_lists_match_the_kernel_parameters():
     # K, V (128 keys), two Q and two dO buffers (64 queries), dS^T, then lse and delta twice
     assert fused.smem_bytes == (2 * 128 + 4 * 64 + 128 * 64 // 64) * 64 * 2 + 4 * 64 * 4
 
-    delta = plan.delta_launch(call, out, out, lse, dq32)
+    delta = plan.delta_launch(call, out, out, lse, lse, lse, dq32)
     check_arg_types(delta.args, _kernel_params("flash_bwd_delta"))
     assert delta.name == "portattn::flash_bwd_delta<__nv_bfloat16, 64>" and delta.grid == (1, 2 * 4)
-    assert delta.args[3] == dq32.data_ptr() and plan.delta_launch(call, out, out, lse, None).args[3] == 0
+    assert delta.args[5] == dq32.data_ptr() and plan.delta_launch(call, out, out, lse, lse, lse, None).args[5] == 0
 
 
 def test_deterministic_algorithms_select_the_two_kernel_backward(monkeypatch):

@@ -46,10 +46,12 @@ def forward(source: str, options: tuple[str, ...], fwd_launch: Callable, call: A
 
 def backward(source: str, options: tuple[str, ...], bwd_launches: Callable, call: AttentionCall, q, k, v, out, lse,
              dout, *, dq_float32: bool = False, delta_launch: Callable | None = None):  # fmt: skip
-    """A backend's FlashAttention-2 backward: delta = rowsum(dout * out) (by ``delta_launch(call, out, dout,
-    delta, dq_zero)``, which also zeroes ``dq_zero`` when given; otherwise in torch), then the launches
-    ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans. ``dq_float32``: those launches add
-    into a zeroed float32 dQ (by atomics), rounded to the inputs' dtype at the end. ``(dq, dk, dv)``."""
+    """A backend's FlashAttention-2 backward: delta = rowsum(dout * out), then the launches
+    ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans. Without ``delta_launch`` delta is
+    a torch reduction; with it, ``delta_launch(call, out, dout, lse, delta, lse2, dq_zero)`` computes it,
+    rewrites lse in base 2 (``lse2``, what the launches then get) and zeroes ``dq_zero`` when given.
+    ``dq_float32``: the launches add into a zeroed float32 dQ (by atomics), rounded to the inputs' dtype
+    at the end. ``(dq, dk, dv)``."""
     q, k, v, out, dout = (rows_aligned(t) for t in (q, k, v, out, dout))
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
@@ -59,9 +61,11 @@ def backward(source: str, options: tuple[str, ...], bwd_launches: Callable, call
         delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
         dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
     else:
-        delta = torch.empty((call.batch, call.heads_q, call.seqlen_q), dtype=torch.float32, device=q.device)
+        lse = lse.contiguous()
+        delta, lse2 = torch.empty_like(lse), torch.empty_like(lse)
         dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
-        launches.append(delta_launch(call, out, dout, delta, dq_sum if dq_float32 else None))
+        launches.append(delta_launch(call, out, dout, lse, delta, lse2, dq_sum if dq_float32 else None))
+        lse = lse2
     launches += bwd_launches(call, q, k, v, dout, lse.contiguous(), delta, dq_sum, dk, dv)
     run(source, options, *launches, device=q.device)
     if dq_float32:

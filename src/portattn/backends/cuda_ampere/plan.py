@@ -105,14 +105,16 @@ def delta_name(dtype: torch.dtype, width: int) -> str:
     return f"portattn::flash_bwd_delta<{CPP_TYPES[dtype]}, {width}>"
 
 
-def delta_launch(call: AttentionCall, out, dout, delta, dq_zero) -> Launch:
-    """rowsum(dout * out) into ``delta`` float32 ``(batch, heads_q, seqlen_q)``; ``dq_zero`` (float32, like
-    q, or None) zeroed on the way. Blocks of 64 queries of one (batch, head)."""
+def delta_launch(call: AttentionCall, out, dout, lse, delta, lse2, dq_zero) -> Launch:
+    """rowsum(dout * out) into ``delta`` and ``lse`` in base 2 into ``lse2``, float32 ``(batch, heads_q,
+    seqlen_q)`` like ``lse``; ``dq_zero`` (float32, like q, or None) zeroed on the way. Blocks of 64 queries
+    of one (batch, head)."""
     width = 64 if call.head_dim_v <= 64 and call.head_dim <= 64 else 128
     dq_ptr, dq_strides = (0, (0, 0, 0)) if dq_zero is None else (dq_zero.data_ptr(), _bsh(dq_zero))
     return Launch(
         delta_name(out.dtype, width), (math.ceil(call.seqlen_q / 64), call.batch * call.heads_q), 256, 0,
-        (out.data_ptr(), dout.data_ptr(), delta.data_ptr(), dq_ptr, *_bsh(out), *_bsh(dout), *dq_strides,
+        (out.data_ptr(), dout.data_ptr(), lse.data_ptr(), delta.data_ptr(), lse2.data_ptr(), dq_ptr, *_bsh(out),
+         *_bsh(dout), *dq_strides,
          np.int32(call.seqlen_q), np.int32(call.heads_q), np.int32(call.head_dim), np.int32(call.head_dim_v)),
     )  # fmt: skip
 
@@ -165,14 +167,15 @@ def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> Launch:
     return Launch(name, grid, cfg.threads, cfg.smem_bytes, args)
 
 
-def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, ...]:
-    """``delta`` float32 ``(batch, heads_q, seqlen_q)`` is rowsum(dout * out). With ``dq`` in float32 (zeros,
+def bwd_launches(call: AttentionCall, q, k, v, dout, lse2, delta, dq, dk, dv) -> tuple[Launch, ...]:
+    """``lse2`` and ``delta`` float32 ``(batch, heads_q, seqlen_q)``: the forward's lse in base 2 (+inf where
+    a query sees nothing) and rowsum(dout * out), as ``delta_launch`` writes them. With ``dq`` in float32 (zeros,
     contiguous): the one-kernel backward, which adds the scaled dQ into it. Otherwise the dK/dV launch
     (blocks of 64 keys) and the dQ launch (blocks of 64 queries), deterministic."""
     cfg = bwd_config(max(call.head_dim, call.head_dim_v))
     sq, sk, group, *rest = _scalars(call)
     scale = np.float32(call.scale)
-    pointers = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse.data_ptr(), delta.data_ptr())
+    pointers = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), lse2.data_ptr(), delta.data_ptr())
     strides = (*_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout))
     kv_grid_args = (sq, sk, np.int32(call.heads_kv), group, *rest, scale)
 

@@ -12,42 +12,41 @@
 namespace portattn {
 
 // P and dS of one 16 x (N_TILES * 8) block in registers: s holds raw q.k, dp holds dO.v; rows and
-// columns are queries or keys as the caller lays them out. `at(j, e, lse2, delta)` gives element (j, e)'s
-// visibility and sets its query's lse (base 2) and delta: read where they are needed, not held in registers
-// across the MMAs. On return s holds P and dp holds dS = P * (dP - delta) (times the softcap's derivative).
-template <int N_TILES, bool HAS_SOFTCAP, typename At>
-__device__ __forceinline__ void softmax_grad(float (&s)[1][N_TILES][4], float (&dp)[1][N_TILES][4], At at,
-                                             float scale_log2, float softcap_log2, float scale_over_cap) {
+// columns are queries or keys as the caller lays them out. `rows(j, e, lse2, delta)` sets element (j, e)'s
+// query's lse (base 2, +inf for a query that sees nothing) and delta; where the block is not wholly
+// visible (`masked`), `visible(j, e)` says whether the element is. On return s holds P and dp holds
+// dS = P * (dP - delta) (times the softcap's derivative).
+template <int N_TILES, bool HAS_SOFTCAP, typename Rows, typename Visible>
+__device__ __forceinline__ void softmax_grad(float (&s)[1][N_TILES][4], float (&dp)[1][N_TILES][4], Rows rows,
+                                             bool masked, Visible visible_at, float scale_log2, float softcap_log2,
+                                             float scale_over_cap) {
 #pragma unroll
   for (int j = 0; j < N_TILES; ++j) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      float x, dcap = 1.f, lse2, delta;
+      float lse2, delta, pr, dcap = 1.f;
+      rows(j, e, lse2, delta);
       if (HAS_SOFTCAP) {
         const float t = tanhf(s[0][j][e] * scale_over_cap);
-        x = softcap_log2 * t;
+        pr = exp2f(softcap_log2 * t - lse2);
         dcap = 1.f - t * t;
       } else {
-        x = s[0][j][e] * scale_log2;
+        pr = exp2f(fmaf(s[0][j][e], scale_log2, -lse2));
       }
-      const bool ok = at(j, e, lse2, delta);
-      const float pr = ok ? exp2f(x - lse2) : 0.f;
+      if (masked && !visible_at(j, e)) pr = 0.f;
       s[0][j][e] = pr;
       dp[0][j][e] = pr * (dp[0][j][e] - delta) * dcap;
     }
   }
 }
 
-__device__ __forceinline__ float lse_log2(float lse) {
-  return lse == -INFINITY ? INFINITY : lse * 1.4426950408889634f;  // -inf: the row sees nothing, P = 0
-}
-
-// The backward's first pass: delta = rowsum(dout * out) for 64 queries of one (batch, query head) into
-// `delta` float32 (batch, heads_q, seqlen_q), and, when `dq_acc` is given, those queries' rows of the float32
-// dQ zeroed for the one-kernel backward to add into. HEAD_DIM / 8 threads per row, 16 bytes each.
+// The backward's first pass, for 64 queries of one (batch, query head): delta = rowsum(dout * out) into
+// `delta` and the forward's lse in base 2 (+inf for a query that sees nothing: P = 0) into `lse2`, both
+// float32 (batch, heads_q, seqlen_q); when `dq_acc` is given, those queries' rows of the float32 dQ
+// zeroed for the one-kernel backward to add into. HEAD_DIM / 8 threads per row, 16 bytes each.
 template <typename T, int HEAD_DIM>
 __global__ void __launch_bounds__(256)
-flash_bwd_delta(const void* out, const void* dout, float* delta, float* dq_acc,
+flash_bwd_delta(const void* out, const void* dout, const float* lse, float* delta, float* lse2, float* dq_acc,
                 long long o_stride_b, long long o_stride_s, long long o_stride_h,
                 long long do_stride_b, long long do_stride_s, long long do_stride_h,
                 long long dq_stride_b, long long dq_stride_s, long long dq_stride_h,
@@ -74,7 +73,11 @@ flash_bwd_delta(const void* out, const void* dout, float* delta, float* dq_acc,
 #pragma unroll
     for (int m = 1; m < CHUNKS; m *= 2) sum += __shfl_xor_sync(0xffffffff, sum, m);  // the row's threads
     if (row < seqlen_q) {
-      if (col == 0) delta[(static_cast<long long>(blockIdx.y)) * seqlen_q + row] = sum;
+      if (col == 0) {
+        const long long i = static_cast<long long>(blockIdx.y) * seqlen_q + row;
+        delta[i] = sum;
+        lse2[i] = lse[i] == -INFINITY ? INFINITY : lse[i] * 1.4426950408889634f;
+      }
       if (dq_acc != nullptr && col < dim) {
         float4* dst = reinterpret_cast<float4*>(dq_acc + b * dq_stride_b + h * dq_stride_h + row * dq_stride_s + col);
         dst[0] = dst[1] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -130,7 +133,7 @@ __device__ __forceinline__ void atomic_add_rows(float* head, long long row_strid
 template <typename T, int HEAD_DIM, int BLOCK_M, int WARPS, bool DQ_ATOMIC, bool HAS_LO, bool HAS_HI,
           bool HAS_SOFTCAP>
 __global__ void __launch_bounds__(WARPS * 32, 1)
-flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
+flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, const float* lse2, const float* delta,
                void* dk, void* dv, float* dq_acc,
                long long q_stride_b, long long q_stride_s, long long q_stride_h,
                long long k_stride_b, long long k_stride_s, long long k_stride_h,
@@ -199,7 +202,7 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
         do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h * do_stride_h,
         do_stride_s, m0, seqlen_q, dim_v, tid);
-    load_rows_async<BLOCK_M, THREADS>(lse_smem + buf * BLOCK_M, dlt_smem + buf * BLOCK_M, lse, delta,
+    load_rows_async<BLOCK_M, THREADS>(lse_smem + buf * BLOCK_M, dlt_smem + buf * BLOCK_M, lse2, delta,
                                       (static_cast<long long>(b) * heads_q + h) * seqlen_q, m0, seqlen_q, tid);
   };
   if (items > 0) issue(0, 0);
@@ -224,15 +227,26 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     }
     mma_a_bt<T, HEAD_DIM, 1, M_TILES>(st, k_smem, warp * 16, q_buf, lane);    // S^T = K Q^T
     mma_a_bt<T, HEAD_DIM, 1, M_TILES>(dpt, v_smem, warp * 16, do_buf, lane);  // dP^T = V dO^T
-    const float* lse_buf = lse_smem + buf * BLOCK_M;
-    const float* dlt_buf = dlt_smem + buf * BLOCK_M;
-    auto at = [&](int j, int e, float& lse2, float& dlt) {  // S^T's columns are queries
-      const int col = j * 8 + (lane % 4) * 2 + e % 2;
-      lse2 = lse_log2(lse_buf[col]);
-      dlt = dlt_buf[col];
-      return visible<HAS_LO, HAS_HI>(m0 + col, key0 + (e / 2) * 8, seqlen_q, seqlen_k, band_lo, band_hi);
+    // this thread's queries (S^T's columns j * 8 + (lane % 4) * 2 + {0, 1}): lse2 and delta in pairs
+    float2 lse_q[M_TILES], dlt_q[M_TILES];
+#pragma unroll
+    for (int j = 0; j < M_TILES; ++j) {
+      lse_q[j] = *reinterpret_cast<const float2*>(lse_smem + buf * BLOCK_M + j * 8 + (lane % 4) * 2);
+      dlt_q[j] = *reinterpret_cast<const float2*>(dlt_smem + buf * BLOCK_M + j * 8 + (lane % 4) * 2);
+    }
+    auto rows = [&](int j, int e, float& lse2_e, float& dlt_e) {
+      lse2_e = e % 2 ? lse_q[j].y : lse_q[j].x;
+      dlt_e = e % 2 ? dlt_q[j].y : dlt_q[j].x;
     };
-    softmax_grad<M_TILES, HAS_SOFTCAP>(st, dpt, at, scale_log2, softcap_log2, scale_over_cap);
+    auto visible_at = [&](int j, int e) {
+      const int query = m0 + j * 8 + (lane % 4) * 2 + e % 2;
+      return visible<HAS_LO, HAS_HI>(query, key0 + (e / 2) * 8, seqlen_q, seqlen_k, band_lo, band_hi);
+    };
+    // whether some (query, key) of the block is not visible: key - query spans [n0 - m0 - BLOCK_M + 1, n0 - m0 + BLOCK_N - 1]
+    bool masked = m0 + BLOCK_M > seqlen_q || n0 + BLOCK_N > seqlen_k;
+    if (HAS_LO) masked |= n0 - m0 - BLOCK_M + 1 < band_lo;
+    if (HAS_HI) masked |= n0 - m0 + BLOCK_N - 1 > band_hi;
+    softmax_grad<M_TILES, HAS_SOFTCAP>(st, dpt, rows, masked, visible_at, scale_log2, softcap_log2, scale_over_cap);
     mma_p_x<T, HEAD_DIM, 1, M_TILES>(dv_acc, st, do_buf, lane);  // dV += P^T dO
     mma_p_x<T, HEAD_DIM, 1, M_TILES>(dk_acc, dpt, q_buf, lane);  // dK += dS^T Q
     if (DQ_ATOMIC) {  // this warp's 16 rows of dS^T, scaled, for dQ
@@ -288,7 +302,7 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
 // key block: S = Q K^T, P, dP = dO V^T, dS, dQ += dS K.
 template <typename T, int HEAD_DIM, int BLOCK_M, int BLOCK_N, bool HAS_LO, bool HAS_HI, bool HAS_SOFTCAP>
 __global__ void __launch_bounds__(128)
-flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, const float* lse, const float* delta,
+flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, const float* lse2, const float* delta,
              void* dq,
              long long q_stride_b, long long q_stride_s, long long q_stride_h,
              long long k_stride_b, long long k_stride_s, long long k_stride_h,
@@ -337,12 +351,12 @@ flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, cons
   if (first < last) issue(first, 0);
   cp_async_commit();
 
-  float lse2[2], dlt[2];
+  float lse2_r[2], dlt[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + r * 8;
     const bool in = row < seqlen_q;
-    lse2[r] = in ? lse_log2(lse[static_cast<long long>(bh) * seqlen_q + row]) : INFINITY;
+    lse2_r[r] = in ? lse2[static_cast<long long>(bh) * seqlen_q + row] : INFINITY;
     dlt[r] = in ? delta[static_cast<long long>(bh) * seqlen_q + row] : 0.f;
   }
   float dq_acc[1][D_TILES][4];
@@ -366,13 +380,19 @@ flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, cons
     }
     mma_a_bt<T, HEAD_DIM, 1, N_TILES>(s, q_smem, warp * 16, k_buf, lane);    // S = Q K^T
     mma_a_bt<T, HEAD_DIM, 1, N_TILES>(dp, do_smem, warp * 16, v_buf, lane);  // dP = dO V^T
-    auto at = [&](int j, int e, float& lse2_e, float& dlt_e) {  // S's rows are queries
-      lse2_e = lse2[e / 2];
+    auto rows = [&](int j, int e, float& lse2_e, float& dlt_e) {  // S's rows are queries
+      lse2_e = lse2_r[e / 2];
       dlt_e = dlt[e / 2];
+    };
+    auto visible_at = [&](int j, int e) {
       const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
       return visible<HAS_LO, HAS_HI>(row0 + (e / 2) * 8, key, seqlen_q, seqlen_k, band_lo, band_hi);
     };
-    softmax_grad<N_TILES, HAS_SOFTCAP>(s, dp, at, scale_log2, softcap_log2, scale_over_cap);
+    // key - query spans [n0 - m0 - BLOCK_M + 1, n0 - m0 + BLOCK_N - 1]
+    bool masked = m0 + BLOCK_M > seqlen_q || n0 + BLOCK_N > seqlen_k;
+    if (HAS_LO) masked |= n0 - m0 - BLOCK_M + 1 < band_lo;
+    if (HAS_HI) masked |= n0 - m0 + BLOCK_N - 1 > band_hi;
+    softmax_grad<N_TILES, HAS_SOFTCAP>(s, dp, rows, masked, visible_at, scale_log2, softcap_log2, scale_over_cap);
     mma_p_x<T, HEAD_DIM, 1, N_TILES>(dq_acc, dp, k_buf, lane);  // dQ += dS K
     __syncthreads();  // the next block's loads overwrite this buffer
   }

@@ -147,6 +147,8 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
     const float to_log2 = HAS_SOFTCAP ? 1.f : p.scale_log2;  // scores -> base-2 logits (the scale is > 0)
 
     // online softmax: each row's max and sum across the 4 threads of a quad; row_max in base 2
+    float alpha[M_TILES][2];
+    bool rescale = false;
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
@@ -158,7 +160,8 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
         mx = fmaxf(row_max[mt][r], mx * to_log2);
         const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
-        const float alpha = exp2f(row_max[mt][r] - m_use);
+        alpha[mt][r] = exp2f(row_max[mt][r] - m_use);
+        rescale |= mx != row_max[mt][r];
         row_max[mt][r] = mx;
         float sum = 0.f;
 #pragma unroll
@@ -167,11 +170,20 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
           s[mt][j][2 * r + 1] = exp2f(fmaf(s[mt][j][2 * r + 1], to_log2, -m_use));
           sum += s[mt][j][2 * r] + s[mt][j][2 * r + 1];
         }
-        row_sum[mt][r] = row_sum[mt][r] * alpha + sum;  // this thread's share; the quad adds up at the end
+        row_sum[mt][r] = row_sum[mt][r] * alpha[mt][r] + sum;  // this thread's share; the quad adds up at the end
+      }
+    }
+    // O is rescaled only when a row's max moved somewhere in the warp: once the maxima settle, most key
+    // blocks skip the M_TILES * HEAD_DIM / 2 multiplies (alpha is exactly 1 for the rows that did not move)
+    if (__any_sync(0xffffffff, rescale)) {
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
         for (int j = 0; j < O_TILES; ++j) {
-          o_acc[mt][j][2 * r] *= alpha;
-          o_acc[mt][j][2 * r + 1] *= alpha;
+          o_acc[mt][j][0] *= alpha[mt][0];
+          o_acc[mt][j][1] *= alpha[mt][0];
+          o_acc[mt][j][2] *= alpha[mt][1];
+          o_acc[mt][j][3] *= alpha[mt][1];
         }
       }
     }
