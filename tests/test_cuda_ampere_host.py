@@ -120,3 +120,20 @@ def test_source_includes_only_headers_nvrtc_has():
     """NVRTC has no C or C++ standard headers (a <stdint.h> broke the first GPU run): only CUDA's own."""
     includes = re.findall(r"#include\s*[<\"]([^>\"]+)", plan.source())
     assert set(includes) <= {"cuda_fp16.h", "cuda_bf16.h"}, includes
+
+
+def test_backend_backward_hands_the_delta_kernel_to_the_launcher(monkeypatch):
+    """The kernels read lse in base 2, which only the delta kernel writes: the backend must pass it (a
+    dropped keyword once fed them the natural-log lse)."""
+    import sys
+    import types
+
+    from portattn.backends.cuda_ampere import CudaAmpereBackend
+
+    monkeypatch.setitem(sys.modules, "cupy", sys.modules.get("cupy") or types.ModuleType("cupy"))
+    from portattn.backends import cupy_launch
+
+    seen = {}
+    monkeypatch.setattr(cupy_launch, "backward", lambda *args, **kw: seen.update(kw))
+    CudaAmpereBackend().backward(None, None, None, None, None, None, None)
+    assert seen["delta_launch"] is plan.delta_launch and seen["dq_float32"] == plan.dq_by_atomics()

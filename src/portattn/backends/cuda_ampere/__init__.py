@@ -71,4 +71,5 @@ class CudaAmpereBackend(Backend):
             lse,
             dout,
             dq_float32=plan.dq_by_atomics(),
+            delta_launch=plan.delta_launch,
         )
