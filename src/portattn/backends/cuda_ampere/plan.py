@@ -22,6 +22,7 @@ __all__ = ["LOG2E", "NVRTC_OPTIONS", "Launch", "rows_aligned"]  # re-exported: t
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("common.cuh", "flash_fwd.cuh", "flash_bwd.cuh")  # in include order
 CPP_TYPES = {torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
+SMEM_SLACK = 256  # common.cuh: the kernels align their shared memory to 256 bytes
 
 
 class FwdConfig(NamedTuple):
@@ -35,8 +36,8 @@ class FwdConfig(NamedTuple):
 
     @property
     def smem_bytes(self) -> int:
-        """Q, then two K and two V buffers, 16-bit."""
-        return (self.block_m + 4 * self.block_n) * self.head_dim * 2
+        """Q, then two K and two V buffers, 16-bit (and SMEM_SLACK to align them)."""
+        return (self.block_m + 4 * self.block_n) * self.head_dim * 2 + SMEM_SLACK
 
 
 @functools.cache  # read once per process, not once per template instance
@@ -181,7 +182,8 @@ def bwd_launches(call: AttentionCall, q, k, v, dout, lse2, delta, dq, dk, dv) ->
 
     def smem(block_n: int, block_m: int, ds: bool) -> int:
         """K, V, then two Q, dO buffers and two lse, delta buffers, and dS^T if staged."""
-        return (2 * block_n + 4 * block_m + ds * block_n * block_m // cfg.head_dim) * cfg.head_dim * 2 + 16 * block_m
+        tiles = (2 * block_n + 4 * block_m + ds * block_n * block_m // cfg.head_dim) * cfg.head_dim * 2
+        return tiles + 16 * block_m + SMEM_SLACK
 
     if dq.dtype == torch.float32:
         block_n = 16 * cfg.fused_warps
@@ -201,7 +203,7 @@ def bwd_launches(call: AttentionCall, q, k, v, dout, lse2, delta, dq, dk, dv) ->
     dq_launch = Launch(
         dq_name(q.dtype, cfg, _flags(call)),
         (math.ceil(call.seqlen_q / 64), call.batch * call.heads_q), 128,
-        (2 * 64 + 4 * cfg.dq_block_n) * cfg.head_dim * 2,  # Q, dO, then two K and two V buffers
+        (2 * 64 + 4 * cfg.dq_block_n) * cfg.head_dim * 2 + SMEM_SLACK,  # Q, dO, then two K and two V buffers
         (*pointers, dq.data_ptr(), *strides, *_bsh(dq), sq, sk, np.int32(call.heads_q), group, *rest, scale),
     )  # fmt: skip
     return dkdv, dq_launch

@@ -33,6 +33,22 @@ __device__ __forceinline__ u32 smem_addr(const T* base, int offset) {
   return static_cast<u32>(__cvta_generic_to_shared(base + offset));
 }
 
+// Dynamic shared memory from a 256-byte boundary (launches ask for SMEM_SLACK bytes more): every tile then
+// starts at a multiple of its row bytes, so moving a swizzled address by whole chunks is one XOR (tile_step).
+constexpr int SMEM_SLACK = 256;
+
+__device__ __forceinline__ unsigned char* aligned_smem(unsigned char* raw) {
+  return raw + ((SMEM_SLACK - (smem_addr(raw, 0) & (SMEM_SLACK - 1))) & (SMEM_SLACK - 1));
+}
+
+// The shared address of element (row + rows, col + 8 * chunks) of a swizzled WIDTH-wide tile from `addr`, that
+// of (row, col): `rows` a multiple of 8 keeps the XOR key (an immediate offset) and `chunks`, whose bits
+// must be clear in col / 8, flips chunk bits only (one XOR, given the tile's alignment).
+template <int WIDTH>
+__device__ __forceinline__ u32 tile_step(u32 addr, int rows, int chunks) {
+  return (addr ^ static_cast<u32>(chunks << 4)) + rows * WIDTH * 2;
+}
+
 __device__ __forceinline__ void cp_async_16(u32 dst, const void* src, bool valid) {
   const int bytes = valid ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
@@ -115,19 +131,17 @@ template <typename T, int HEAD_DIM, int M_TILES, int N_TILES>
 __device__ __forceinline__ void mma_a_bt(float (&acc)[M_TILES][N_TILES][4], const T* a, int a_row0, const T* b,
                                          int lane) {
   static_assert(N_TILES % 2 == 0, "B fragments come in pairs of 8-row tiles");
+  const u32 a_addr = smem_addr(a, swizzle<HEAD_DIM>(a_row0 + lane % 16, lane / 16 * 8));
+  const u32 b_addr = smem_addr(b, swizzle<HEAD_DIM>(lane % 8 + (lane / 16) * 8, ((lane / 8) % 2) * 8));
 #pragma unroll 2  // fully unrolled, ptxas hoists more addresses than the registers hold at HEAD_DIM 128
   for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
     u32 af[M_TILES][4];
 #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt) {
-      ldmatrix_x4(af[mt], smem_addr(a, swizzle<HEAD_DIM>(a_row0 + mt * 16 + lane % 16, kk * 16 + lane / 16 * 8)));
-    }
+    for (int mt = 0; mt < M_TILES; ++mt) ldmatrix_x4(af[mt], tile_step<HEAD_DIM>(a_addr, mt * 16, 2 * kk));
 #pragma unroll
     for (int j = 0; j < N_TILES; j += 2) {
       u32 bf[4];  // b0, b1 of row tile j, then of row tile j + 1
-      const int row = j * 8 + lane % 8 + (lane / 16) * 8;
-      const int col = kk * 16 + ((lane / 8) % 2) * 8;
-      ldmatrix_x4(bf, smem_addr(b, swizzle<HEAD_DIM>(row, col)));
+      ldmatrix_x4(bf, tile_step<HEAD_DIM>(b_addr, j * 8, 2 * kk));
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt) {
         mma_16816<T>(acc[mt][j], af[mt], bf[0], bf[1]);
@@ -146,13 +160,12 @@ __device__ __forceinline__ u32 pack2(float lo, float hi);
 template <typename T, int X_WIDTH, int M_TILES, int N_TILES>
 __device__ __forceinline__ void mma_x_step(float (&acc)[M_TILES][N_TILES][4], const u32 (&a)[M_TILES][4], const T* x,
                                            int kk, int col0, int lane) {
-  static_assert(N_TILES % 2 == 0, "X fragments come in pairs of 8-column tiles");
+  static_assert(N_TILES % 2 == 0 && (N_TILES & (N_TILES - 1)) == 0, "pairs of 8-column tiles; col0 / 8 a multiple");
+  const u32 x_addr = smem_addr(x, swizzle<X_WIDTH>(lane % 8 + ((lane / 8) % 2) * 8, col0 + (lane / 16) * 8));
 #pragma unroll
   for (int j = 0; j < N_TILES; j += 2) {
     u32 xf[4];  // b0, b1 of column tile j, then of column tile j + 1
-    const int row = kk * 16 + lane % 8 + ((lane / 8) % 2) * 8;
-    const int col = col0 + j * 8 + (lane / 16) * 8;
-    ldmatrix_x4_trans(xf, smem_addr(x, swizzle<X_WIDTH>(row, col)));
+    ldmatrix_x4_trans(xf, tile_step<X_WIDTH>(x_addr, kk * 16, j));
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
       mma_16816<T>(acc[mt][j], a[mt], xf[0], xf[1]);
@@ -188,11 +201,11 @@ __device__ __forceinline__ void mma_p_x(float (&acc)[M_TILES][HEAD_DIM / 8][4], 
 template <typename T, int A_WIDTH, int X_WIDTH, int N_TILES, int K_STEPS>
 __device__ __forceinline__ void mma_at_x(float (&acc)[1][N_TILES][4], const T* a_t, int a_col0, const T* x, int x_col0,
                                          int lane) {
+  const u32 a_addr = smem_addr(a_t, swizzle<A_WIDTH>(lane % 8 + (lane / 16) * 8, a_col0 + ((lane / 8) % 2) * 8));
 #pragma unroll
   for (int kk = 0; kk < K_STEPS; ++kk) {
     u32 af[1][4];  // (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
-    ldmatrix_x4_trans(af[0], smem_addr(a_t, swizzle<A_WIDTH>(kk * 16 + lane % 8 + (lane / 16) * 8,
-                                                              a_col0 + ((lane / 8) % 2) * 8)));
+    ldmatrix_x4_trans(af[0], tile_step<A_WIDTH>(a_addr, kk * 16, 0));
     mma_x_step<T, X_WIDTH, 1, N_TILES>(acc, af, x, kk, x_col0, lane);
   }
 }

@@ -155,7 +155,7 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
   static_assert(!DQ_ATOMIC || (DQ_WM * DQ_WD == WARPS && DQ_TILES % 2 == 0), "dQ's warp grid covers the block");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* k_smem = reinterpret_cast<T*>(smem_raw);
+  T* k_smem = reinterpret_cast<T*>(aligned_smem(smem_raw));
   T* v_smem = k_smem + BLOCK_N * HEAD_DIM;
   T* q_smem = v_smem + BLOCK_N * HEAD_DIM;       // 2 buffers
   T* do_smem = q_smem + 2 * BLOCK_M * HEAD_DIM;  // 2 buffers
@@ -317,7 +317,7 @@ flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, cons
   static_assert(BLOCK_M == 64, "4 warps of 16 queries");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* q_smem = reinterpret_cast<T*>(smem_raw);
+  T* q_smem = reinterpret_cast<T*>(aligned_smem(smem_raw));
   T* do_smem = q_smem + BLOCK_M * HEAD_DIM;
   T* k_smem = do_smem + BLOCK_M * HEAD_DIM;     // 2 buffers
   T* v_smem = k_smem + 2 * BLOCK_N * HEAD_DIM;  // 2 buffers

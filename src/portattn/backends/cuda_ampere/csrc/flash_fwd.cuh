@@ -56,7 +56,7 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
   static_assert(BLOCK_N % 16 == 0 && BLOCK_M % 64 == 0, "4 warps of 16-row MMA tiles; 16-key k-steps");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* q_smem = reinterpret_cast<T*>(smem_raw);
+  T* q_smem = reinterpret_cast<T*>(aligned_smem(smem_raw));
   T* k_smem = q_smem + BLOCK_M * HEAD_DIM;     // 2 buffers
   T* v_smem = k_smem + 2 * BLOCK_N * HEAD_DIM;  // 2 buffers
 
