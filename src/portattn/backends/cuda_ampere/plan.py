@@ -58,7 +58,7 @@ def fwd_config(head_dim: int) -> FwdConfig:
     if forced:
         block_m, block_n = (int(x) for x in forced.split(","))
         return FwdConfig(width, block_m, block_n)
-    return FwdConfig(width, 128, 64 if width == 64 else 32)
+    return FwdConfig(width, 128, 64)
 
 
 def kernel_name(kernel: str, dtype: torch.dtype, head_dim: int, block_m: int, block_n: int, flags: tuple) -> str:
@@ -120,11 +120,15 @@ def delta_launch(call: AttentionCall, out, dout, lse, delta, lse2, dq_zero) -> L
     )  # fmt: skip
 
 
+BWD_ENV = "PORTATTN_CUDA_AMPERE_BWD"  # "block_m": the one-kernel backward's query step, for tuning
+
+
 def bwd_config(head_dim: int) -> BwdConfig:
-    """At d=128 the dK/dV kernel holds dK and dV (128 registers): 32-query steps keep it within 255
-    registers without spilling (ptxas, sm_80: 64-query steps spill 180 bytes)."""
+    """At d=128 the dK/dV kernels hold dK and dV (128 registers): 32-query steps keep them within 255
+    registers (ptxas, sm_90: the one-kernel backward spills 8 bytes; 64-query steps spill 72)."""
     width = 64 if head_dim <= 64 else 128
-    return BwdConfig(width, 32 if width == 128 else 64, 64, 32 if width == 128 else 64)
+    fused_block_m = int(os.environ.get(BWD_ENV) or (32 if width == 128 else 64))
+    return BwdConfig(width, 32 if width == 128 else 64, 64, fused_block_m)
 
 
 DQ_ENV = "PORTATTN_CUDA_AMPERE_DQ"  # "separate": the deterministic two-kernel backward even when not asked
