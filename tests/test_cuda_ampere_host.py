@@ -52,9 +52,9 @@ def test_argument_lists_match_the_kernel_parameters():
     launch = plan.fwd_launch(call, q, k, v, out, lse)
     check_arg_types(launch.args, _kernel_params("flash_fwd"))
     assert len(launch.args) == 28
-    assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 128, 64, false, true, true>"  # d<=64: 128x64
+    assert launch.name == "portattn::flash_fwd<__nv_bfloat16, 64, 128, 128, false, true, true>"  # d<=64: 128x128
     assert launch.grid == (1, 8) and launch.threads == 128
-    assert launch.smem_bytes == (128 + 4 * 64) * 64 * 2 + 256  # and 256 to align the tiles
+    assert launch.smem_bytes == (128 + 4 * 128) * 64 * 2 + 256  # and 256 to align the tiles
     band_hi = launch.args[24]
     assert band_hi == 50 - 33  # bottom-right causal: row i sees keys up to i + (seqlen_k - seqlen_q)
 

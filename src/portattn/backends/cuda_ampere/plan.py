@@ -50,15 +50,15 @@ CONFIG_ENV = "PORTATTN_CUDA_AMPERE_FWD"  # "block_m,block_n": overrides the tabl
 
 
 def fwd_config(head_dim: int) -> FwdConfig:
-    """128-row blocks (32 rows per warp: each K/V fragment feeds two MMAs); at d=128 32-key tiles keep
-    S small enough for the registers (ptxas, sm_80: 255 registers, 20 bytes spilled; 64-key tiles
-    spill 220 bytes)."""
+    """128-row blocks (32 rows per warp: each K/V fragment feeds two MMAs), 128-key tiles at d<=64 and 64-key
+    tiles at d=128: measured on an H100 (benchmarks/RESULTS.md) 0.97-1.01x and 0.91-0.98x FA2, against
+    0.87-0.92x and 0.79-0.89x for 64- and 32-key tiles, though ptxas (sm_90) spills 64-80 bytes for them."""
     width = 64 if head_dim <= 64 else 128
     forced = os.environ.get(CONFIG_ENV)
     if forced:
         block_m, block_n = (int(x) for x in forced.split(","))
         return FwdConfig(width, block_m, block_n)
-    return FwdConfig(width, 128, 64)
+    return FwdConfig(width, 128, 128 if width == 64 else 64)
 
 
 def kernel_name(kernel: str, dtype: torch.dtype, head_dim: int, block_m: int, block_n: int, flags: tuple) -> str:
@@ -124,10 +124,11 @@ BWD_ENV = "PORTATTN_CUDA_AMPERE_BWD"  # "block_m": the one-kernel backward's que
 
 
 def bwd_config(head_dim: int) -> BwdConfig:
-    """At d=128 the dK/dV kernels hold dK and dV (128 registers): 32-query steps keep them within 255
-    registers (ptxas, sm_90: the one-kernel backward spills 8 bytes; 64-query steps spill 72)."""
+    """At d=128 the dK/dV kernels hold dK and dV (128 registers): the two-kernel backward steps by 32 queries
+    (no spills); the one-kernel backward by 64 (ptxas, sm_90: 72 bytes spilled), measured faster on an H100
+    than 32-query steps (0.77-0.80x FA2 fwd+bwd against 0.74-0.77x)."""
     width = 64 if head_dim <= 64 else 128
-    fused_block_m = int(os.environ.get(BWD_ENV) or (32 if width == 128 else 64))
+    fused_block_m = int(os.environ.get(BWD_ENV) or 64)
     return BwdConfig(width, 32 if width == 128 else 64, 64, fused_block_m)
 
 
