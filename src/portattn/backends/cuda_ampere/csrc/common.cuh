@@ -124,6 +124,17 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const u3
 
 using portattn_band::visible;  // the band test, shared with the other CuPy backend
 
+// Whether some (query, key) of the tile [m0, m0 + BLOCK_M) x [n0, n0 + BLOCK_N) is not visible: past a
+// sequence's end, or outside the band (key - query spans [n0 - m0 - BLOCK_M + 1, n0 - m0 + BLOCK_N - 1]).
+// Wholly visible tiles skip the per-element test.
+template <int BLOCK_M, int BLOCK_N, bool HAS_LO, bool HAS_HI>
+__device__ __forceinline__ bool tile_partial(int m0, int n0, int seqlen_q, int seqlen_k, int lo, int hi) {
+  bool partial = m0 + BLOCK_M > seqlen_q || n0 + BLOCK_N > seqlen_k;
+  if (HAS_LO) partial |= n0 - m0 - BLOCK_M + 1 < lo;
+  if (HAS_HI) partial |= n0 - m0 + BLOCK_N - 1 > hi;
+  return partial;
+}
+
 // acc (M_TILES x 16 rows, N_TILES x 8 columns) += A B^T over HEAD_DIM: A's rows start at a_row0 of a
 // swizzled tile, B's N_TILES * 8 rows are a whole tile (both row-major, HEAD_DIM wide). Each B fragment
 // feeds M_TILES MMAs.

@@ -242,10 +242,7 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
       const int query = m0 + j * 8 + (lane % 4) * 2 + e % 2;
       return visible<HAS_LO, HAS_HI>(query, key0 + (e / 2) * 8, seqlen_q, seqlen_k, band_lo, band_hi);
     };
-    // whether some (query, key) of the block is not visible: key - query spans [n0 - m0 - BLOCK_M + 1, n0 - m0 + BLOCK_N - 1]
-    bool masked = m0 + BLOCK_M > seqlen_q || n0 + BLOCK_N > seqlen_k;
-    if (HAS_LO) masked |= n0 - m0 - BLOCK_M + 1 < band_lo;
-    if (HAS_HI) masked |= n0 - m0 + BLOCK_N - 1 > band_hi;
+    const bool masked = tile_partial<BLOCK_M, BLOCK_N, HAS_LO, HAS_HI>(m0, n0, seqlen_q, seqlen_k, band_lo, band_hi);
     softmax_grad<M_TILES, HAS_SOFTCAP>(st, dpt, rows, masked, visible_at, scale_log2, softcap_log2, scale_over_cap);
     mma_p_x<T, HEAD_DIM, 1, M_TILES>(dv_acc, st, do_buf, lane);  // dV += P^T dO
     mma_p_x<T, HEAD_DIM, 1, M_TILES>(dk_acc, dpt, q_buf, lane);  // dK += dS^T Q
@@ -388,10 +385,7 @@ flash_bwd_dq(const void* q, const void* k, const void* v, const void* dout, cons
       const int key = n0 + j * 8 + (lane % 4) * 2 + e % 2;
       return visible<HAS_LO, HAS_HI>(row0 + (e / 2) * 8, key, seqlen_q, seqlen_k, band_lo, band_hi);
     };
-    // key - query spans [n0 - m0 - BLOCK_M + 1, n0 - m0 + BLOCK_N - 1]
-    bool masked = m0 + BLOCK_M > seqlen_q || n0 + BLOCK_N > seqlen_k;
-    if (HAS_LO) masked |= n0 - m0 - BLOCK_M + 1 < band_lo;
-    if (HAS_HI) masked |= n0 - m0 + BLOCK_N - 1 > band_hi;
+    const bool masked = tile_partial<BLOCK_M, BLOCK_N, HAS_LO, HAS_HI>(m0, n0, seqlen_q, seqlen_k, band_lo, band_hi);
     softmax_grad<N_TILES, HAS_SOFTCAP>(s, dp, rows, masked, visible_at, scale_log2, softcap_log2, scale_over_cap);
     mma_p_x<T, HEAD_DIM, 1, N_TILES>(dq_acc, dp, k_buf, lane);  // dQ += dS K
     __syncthreads();  // the next block's loads overwrite this buffer

@@ -122,9 +122,8 @@ flash_fwd(const void* q, const void* k, const void* v, void* out, float* lse,
 
     // scores masked where the block is not wholly visible; with a softcap already capped and in base 2,
     // otherwise raw: the scale is folded into the exponent's FMA below
-    bool masked = n0 + BLOCK_N > p.seqlen_k || m0 + BLOCK_M > p.seqlen_q;
-    if (HAS_LO) masked |= n0 < m0 + BLOCK_M - 1 + p.band_lo;
-    if (HAS_HI) masked |= n0 + BLOCK_N - 1 > m0 + p.band_hi;
+    const bool masked =
+        tile_partial<BLOCK_M, BLOCK_N, HAS_LO, HAS_HI>(m0, n0, p.seqlen_q, p.seqlen_k, p.band_lo, p.band_hi);
     if (HAS_SOFTCAP || masked) {
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt) {
