@@ -50,23 +50,24 @@ def backward(source: str, options: tuple[str, ...], bwd_launches: Callable, call
     ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans. Without ``delta_launch`` delta is
     a torch reduction; with it, ``delta_launch(call, out, dout, lse, delta, lse2, dq_zero)`` computes it,
     rewrites lse in base 2 (``lse2``, what the launches then get) and zeroes ``dq_zero`` when given.
-    ``dq_float32``: the launches add into a zeroed float32 dQ (by atomics), rounded to the inputs' dtype
-    at the end. ``(dq, dk, dv)``."""
+    ``dq_float32`` (needs ``delta_launch``, which zeroes it): the launches add into a float32 dQ (by
+    atomics), rounded to the inputs' dtype at the end. ``(dq, dk, dv)``."""
+    if dq_float32 and delta_launch is None:
+        raise ValueError("dq_float32 needs a delta_launch to zero the float32 dQ")
     q, k, v, out, dout = (rows_aligned(t) for t in (q, k, v, out, dout))
+    lse = lse.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
+    dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
     launches = []
     if delta_launch is None:
         delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
-        dq_sum = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
     else:
-        lse = lse.contiguous()
         delta, lse2 = torch.empty_like(lse), torch.empty_like(lse)
-        dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
         launches.append(delta_launch(call, out, dout, lse, delta, lse2, dq_sum if dq_float32 else None))
         lse = lse2
-    launches += bwd_launches(call, q, k, v, dout, lse.contiguous(), delta, dq_sum, dk, dv)
+    launches += bwd_launches(call, q, k, v, dout, lse, delta, dq_sum, dk, dv)
     run(source, options, *launches, device=q.device)
     if dq_float32:
         dq.copy_(dq_sum)

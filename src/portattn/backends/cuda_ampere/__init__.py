@@ -59,17 +59,5 @@ class CudaAmpereBackend(Backend):
         from portattn.backends import cupy_launch
         from portattn.backends.cuda_ampere import plan
 
-        return cupy_launch.backward(
-            plan.source(),
-            plan.NVRTC_OPTIONS,
-            plan.bwd_launches,
-            call,
-            q,
-            k,
-            v,
-            out,
-            lse,
-            dout,
-            dq_float32=plan.dq_by_atomics(),
-            delta_launch=plan.delta_launch,
-        )
+        return cupy_launch.backward(plan.source(), plan.NVRTC_OPTIONS, plan.bwd_launches, call, q, k, v, out, lse, dout,
+                                    dq_float32=plan.dq_by_atomics(), delta_launch=plan.delta_launch)  # fmt: skip

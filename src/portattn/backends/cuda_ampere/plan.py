@@ -46,6 +46,11 @@ def source() -> str:
     return inline_headers(CSRC, SOURCES)
 
 
+def tile_width(head_dim: int) -> int:
+    """The kernels' tile width, 64 or 128: smaller head dims are zero-filled up to it."""
+    return 64 if head_dim <= 64 else 128
+
+
 CONFIG_ENV = "PORTATTN_CUDA_AMPERE_FWD"  # "block_m,block_n": overrides the table, for tuning
 
 
@@ -53,7 +58,7 @@ def fwd_config(head_dim: int) -> FwdConfig:
     """128-row blocks (32 rows per warp: each K/V fragment feeds two MMAs), 128-key tiles at d<=64 and 64-key
     tiles at d=128: measured on an H100 (benchmarks/RESULTS.md) 0.97-1.01x and 0.91-0.98x FA2, against
     0.87-0.92x and 0.79-0.89x for 64- and 32-key tiles, though ptxas (sm_90) spills 64-80 bytes for them."""
-    width = 64 if head_dim <= 64 else 128
+    width = tile_width(head_dim)
     forced = os.environ.get(CONFIG_ENV)
     if forced:
         block_m, block_n = (int(x) for x in forced.split(","))
@@ -110,7 +115,7 @@ def delta_launch(call: AttentionCall, out, dout, lse, delta, lse2, dq_zero) -> L
     """rowsum(dout * out) into ``delta`` and ``lse`` in base 2 into ``lse2``, float32 ``(batch, heads_q,
     seqlen_q)`` like ``lse``; ``dq_zero`` (float32, like q, or None) zeroed on the way. Blocks of 64 queries
     of one (batch, head)."""
-    width = 64 if call.head_dim_v <= 64 and call.head_dim <= 64 else 128
+    width = tile_width(max(call.head_dim, call.head_dim_v))
     dq_ptr, dq_strides = (0, (0, 0, 0)) if dq_zero is None else (dq_zero.data_ptr(), _bsh(dq_zero))
     return Launch(
         delta_name(out.dtype, width), (math.ceil(call.seqlen_q / 64), call.batch * call.heads_q), 256, 0,
@@ -127,7 +132,7 @@ def bwd_config(head_dim: int) -> BwdConfig:
     """At d=128 the dK/dV kernels hold dK and dV (128 registers): the two-kernel backward steps by 32 queries
     (no spills); the one-kernel backward by 64 (ptxas, sm_90: 72 bytes spilled), measured faster on an H100
     than 32-query steps (0.77-0.80x FA2 fwd+bwd against 0.74-0.77x)."""
-    width = 64 if head_dim <= 64 else 128
+    width = tile_width(head_dim)
     fused_block_m = int(os.environ.get(BWD_ENV) or 64)
     return BwdConfig(width, 32 if width == 128 else 64, 64, fused_block_m)
 
