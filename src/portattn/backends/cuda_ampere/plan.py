@@ -130,8 +130,9 @@ BWD_ENV = "PORTATTN_CUDA_AMPERE_BWD"  # "block_m": the one-kernel backward's que
 
 def bwd_config(head_dim: int) -> BwdConfig:
     """At d=128 the dK/dV kernels hold dK and dV (128 registers): the two-kernel backward steps by 32 queries
-    (no spills); the one-kernel backward by 64 (ptxas, sm_90: 72 bytes spilled), measured faster on an H100
-    than 32-query steps (0.77-0.80x FA2 fwd+bwd against 0.74-0.77x)."""
+    (no spills); the one-kernel backward by 64 (ptxas, sm_90: 52 bytes spilled), measured faster on an H100
+    than 32-query steps (0.77-0.80x FA2 fwd+bwd against 0.74-0.77x, before the backward's K/V fragments
+    in registers and straight-line atomics took it to 0.81-0.84x)."""
     width = tile_width(head_dim)
     fused_block_m = int(os.environ.get(BWD_ENV) or 64)
     return BwdConfig(width, 32 if width == 128 else 64, 64, fused_block_m)

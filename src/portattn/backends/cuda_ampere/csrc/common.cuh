@@ -135,31 +135,64 @@ __device__ __forceinline__ bool tile_partial(int m0, int n0, int seqlen_q, int s
   return partial;
 }
 
+// This lane's ldmatrix address in a swizzled HEAD_DIM-wide tile whose rows are B^T's columns (B's N_TILES * 8 rows
+// from row 0): x4 loads cover two 8-row tiles, k 0-15.
+template <typename T, int HEAD_DIM>
+__device__ __forceinline__ u32 bt_addr(const T* b, int lane) {
+  return smem_addr(b, swizzle<HEAD_DIM>(lane % 8 + (lane / 16) * 8, ((lane / 8) % 2) * 8));
+}
+
+// k-step kk (16 of HEAD_DIM) of acc (M_TILES x 16 rows, N_TILES x 8 columns) += A B^T, A's fragments given:
+// each B fragment feeds M_TILES MMAs.
+template <typename T, int HEAD_DIM, int M_TILES, int N_TILES>
+__device__ __forceinline__ void mma_bt_step(float (&acc)[M_TILES][N_TILES][4], const u32 (&af)[M_TILES][4], u32 b_addr,
+                                            int kk) {
+  static_assert(N_TILES % 2 == 0, "B fragments come in pairs of 8-row tiles");
+#pragma unroll
+  for (int j = 0; j < N_TILES; j += 2) {
+    u32 bf[4];  // b0, b1 of row tile j, then of row tile j + 1
+    ldmatrix_x4(bf, tile_step<HEAD_DIM>(b_addr, j * 8, 2 * kk));
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+      mma_16816<T>(acc[mt][j], af[mt], bf[0], bf[1]);
+      mma_16816<T>(acc[mt][j + 1], af[mt], bf[2], bf[3]);
+    }
+  }
+}
+
 // acc (M_TILES x 16 rows, N_TILES x 8 columns) += A B^T over HEAD_DIM: A's rows start at a_row0 of a
 // swizzled tile, B's N_TILES * 8 rows are a whole tile (both row-major, HEAD_DIM wide). Each B fragment
 // feeds M_TILES MMAs.
 template <typename T, int HEAD_DIM, int M_TILES, int N_TILES>
 __device__ __forceinline__ void mma_a_bt(float (&acc)[M_TILES][N_TILES][4], const T* a, int a_row0, const T* b,
                                          int lane) {
-  static_assert(N_TILES % 2 == 0, "B fragments come in pairs of 8-row tiles");
   const u32 a_addr = smem_addr(a, swizzle<HEAD_DIM>(a_row0 + lane % 16, lane / 16 * 8));
-  const u32 b_addr = smem_addr(b, swizzle<HEAD_DIM>(lane % 8 + (lane / 16) * 8, ((lane / 8) % 2) * 8));
+  const u32 b_addr = bt_addr<T, HEAD_DIM>(b, lane);
 #pragma unroll 2  // fully unrolled, ptxas hoists more addresses than the registers hold at HEAD_DIM 128
   for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
     u32 af[M_TILES][4];
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) ldmatrix_x4(af[mt], tile_step<HEAD_DIM>(a_addr, mt * 16, 2 * kk));
-#pragma unroll
-    for (int j = 0; j < N_TILES; j += 2) {
-      u32 bf[4];  // b0, b1 of row tile j, then of row tile j + 1
-      ldmatrix_x4(bf, tile_step<HEAD_DIM>(b_addr, j * 8, 2 * kk));
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt) {
-        mma_16816<T>(acc[mt][j], af[mt], bf[0], bf[1]);
-        mma_16816<T>(acc[mt][j + 1], af[mt], bf[2], bf[3]);
-      }
-    }
+    mma_bt_step<T, HEAD_DIM, M_TILES, N_TILES>(acc, af, b_addr, kk);
   }
+}
+
+// The A fragments of 16 rows from a_row0 of a swizzled HEAD_DIM-wide tile, one per k-step, for A B^T products
+// that reuse them (mma_frags_bt).
+template <typename T, int HEAD_DIM>
+__device__ __forceinline__ void load_a_frags(u32 (&af)[HEAD_DIM / 16][1][4], const T* a, int a_row0, int lane) {
+  const u32 a_addr = smem_addr(a, swizzle<HEAD_DIM>(a_row0 + lane % 16, lane / 16 * 8));
+#pragma unroll
+  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) ldmatrix_x4(af[kk][0], tile_step<HEAD_DIM>(a_addr, 0, 2 * kk));
+}
+
+// acc (16 rows, N_TILES x 8 columns) += A B^T with A's fragments in registers (load_a_frags), B as in mma_a_bt.
+template <typename T, int HEAD_DIM, int N_TILES>
+__device__ __forceinline__ void mma_frags_bt(float (&acc)[1][N_TILES][4], const u32 (&af)[HEAD_DIM / 16][1][4],
+                                             const T* b, int lane) {
+  const u32 b_addr = bt_addr<T, HEAD_DIM>(b, lane);
+#pragma unroll
+  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) mma_bt_step<T, HEAD_DIM, 1, N_TILES>(acc, af[kk], b_addr, kk);
 }
 
 template <typename T>

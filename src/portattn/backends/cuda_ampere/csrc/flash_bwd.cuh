@@ -100,26 +100,34 @@ __device__ __forceinline__ void load_rows_async(float* lse_s, float* dlt_s, cons
   }
 }
 
-// dQ += tile (16 rows from `row`, N_TILES * 8 columns from `col`) in float32, by atomics: two adjacent
-// columns per instruction on sm90 (red.global.add.v2.f32), one elsewhere.
+// *dst += (a, b) in float32 where `pred`: one predicated reduction (red.global.add.v2.f32 on sm90, two
+// scalar ones elsewhere), so that a run of them is straight-line code with immediate address offsets.
+__device__ __forceinline__ void red_add_f32x2(float* dst, float a, float b, bool pred) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p red.global.add.v2.f32 [%0], {%1, %2};\n}\n"
+               ::"l"(dst), "f"(a), "f"(b), "r"(static_cast<int>(pred)) : "memory");
+#else
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p red.global.add.f32 [%0], %1;\n"
+               " @p red.global.add.f32 [%0+4], %2;\n}\n"
+               ::"l"(dst), "f"(a), "f"(b), "r"(static_cast<int>(pred)) : "memory");
+#endif
+}
+
+// dQ += tile (16 rows from `row`, N_TILES * 8 columns from `col`) in float32, by atomics: one address per row,
+// the columns at immediate offsets from it.
 template <int N_TILES>
 __device__ __forceinline__ void atomic_add_rows(float* head, long long row_stride, const float (&acc)[1][N_TILES][4],
                                                 int row, int col, int seqlen_q, int dim, int lane) {
+  const int row_t = row + lane / 4;
+  const int col_t = col + (lane % 4) * 2;
+  float* dst = head + static_cast<long long>(row_t) * row_stride + col_t;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int rr = row + lane / 4 + r * 8;
-    if (rr >= seqlen_q) continue;
+    const bool row_in = row_t + r * 8 < seqlen_q;
 #pragma unroll
     for (int j = 0; j < N_TILES; ++j) {
-      const int cc = col + j * 8 + (lane % 4) * 2;
-      if (cc >= dim) continue;
-      float* dst = head + rr * row_stride + cc;
-#if __CUDA_ARCH__ >= 900
-      atomicAdd(reinterpret_cast<float2*>(dst), make_float2(acc[0][j][2 * r], acc[0][j][2 * r + 1]));
-#else
-      atomicAdd(dst, acc[0][j][2 * r]);
-      atomicAdd(dst + 1, acc[0][j][2 * r + 1]);
-#endif
+      red_add_f32x2(dst + r * 8 * row_stride + j * 8, acc[0][j][2 * r], acc[0][j][2 * r + 1],
+                    row_in && col_t + j * 8 < dim);
     }
   }
 }
@@ -190,12 +198,13 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     for (int e = 0; e < 4; ++e) dk_acc[0][j][e] = dv_acc[0][j][e] = 0.f;
   }
 
-  // work item i: query head h0 + i / tiles, query block first + (i % tiles) * BLOCK_M; one pipeline
-  // over all of them so that the next tile always streams in behind the current one
+  // work item i: query head h0 + i / tiles, query block first + (i % tiles) * BLOCK_M, walked by counters
+  // (no divisions); one pipeline over all of them so that the next tile always streams in behind the current one
   const int items = tiles * group;
-  auto issue = [&](int item, int buf) {
-    const int h = hk * group + item / tiles;
-    const int m0 = first + (item % tiles) * BLOCK_M;
+  const int m_end = first + tiles * BLOCK_M;
+  int h = hk * group, m0 = first;            // the item being computed
+  int h_next = h, m_next = first;            // the item being loaded
+  auto issue = [&](int h, int m0, int buf) {
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
         q_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(q) + b * q_stride_b + h * q_stride_h, q_stride_s,
         m0, seqlen_q, dim, tid);
@@ -205,19 +214,30 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     load_rows_async<BLOCK_M, THREADS>(lse_smem + buf * BLOCK_M, dlt_smem + buf * BLOCK_M, lse2, delta,
                                       (static_cast<long long>(b) * heads_q + h) * seqlen_q, m0, seqlen_q, tid);
   };
-  if (items > 0) issue(0, 0);
-  cp_async_commit();  // K, V and the first Q, dO
+  // at d<=64 each warp keeps its K and V rows' fragments in registers (32 of them): the S^T and dP^T
+  // products then read only Q and dO from shared memory
+  constexpr bool KV_IN_REGS = HEAD_DIM <= 64;
+  u32 k_frags[HEAD_DIM / 16][1][4], v_frags[HEAD_DIM / 16][1][4];
+  if (KV_IN_REGS) cp_async_commit();  // K and V alone
+  if (items > 0) issue(h_next, m_next, 0);
+  cp_async_commit();  // (K, V and) the first Q, dO
+  if (KV_IN_REGS) {
+    cp_async_wait<1>();
+    __syncthreads();
+    load_a_frags<T, HEAD_DIM>(k_frags, k_smem, warp * 16, lane);
+    load_a_frags<T, HEAD_DIM>(v_frags, v_smem, warp * 16, lane);
+  }
 
   for (int item = 0; item < items; ++item) {
     const int buf = item % 2;
-    if (item + 1 < items) issue(item + 1, buf ^ 1);
+    m_next += BLOCK_M;
+    if (m_next == m_end) m_next = first, ++h_next;
+    if (item + 1 < items) issue(h_next, m_next, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
     const T* q_buf = q_smem + buf * BLOCK_M * HEAD_DIM;
     const T* do_buf = do_smem + buf * BLOCK_M * HEAD_DIM;
-    const int h = hk * group + item / tiles;
-    const int m0 = first + (item % tiles) * BLOCK_M;
 
     float st[1][M_TILES][4], dpt[1][M_TILES][4];
 #pragma unroll
@@ -225,18 +245,22 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[0][j][e] = dpt[0][j][e] = 0.f;
     }
-    mma_a_bt<T, HEAD_DIM, 1, M_TILES>(st, k_smem, warp * 16, q_buf, lane);    // S^T = K Q^T
-    mma_a_bt<T, HEAD_DIM, 1, M_TILES>(dpt, v_smem, warp * 16, do_buf, lane);  // dP^T = V dO^T
-    // this thread's queries (S^T's columns j * 8 + (lane % 4) * 2 + {0, 1}): lse2 and delta in pairs
-    float2 lse_q[M_TILES], dlt_q[M_TILES];
-#pragma unroll
-    for (int j = 0; j < M_TILES; ++j) {
-      lse_q[j] = *reinterpret_cast<const float2*>(lse_smem + buf * BLOCK_M + j * 8 + (lane % 4) * 2);
-      dlt_q[j] = *reinterpret_cast<const float2*>(dlt_smem + buf * BLOCK_M + j * 8 + (lane % 4) * 2);
+    if (KV_IN_REGS) {
+      mma_frags_bt<T, HEAD_DIM, M_TILES>(st, k_frags, q_buf, lane);    // S^T = K Q^T
+      mma_frags_bt<T, HEAD_DIM, M_TILES>(dpt, v_frags, do_buf, lane);  // dP^T = V dO^T
+    } else {
+      mma_a_bt<T, HEAD_DIM, 1, M_TILES>(st, k_smem, warp * 16, q_buf, lane);
+      mma_a_bt<T, HEAD_DIM, 1, M_TILES>(dpt, v_smem, warp * 16, do_buf, lane);
     }
-    auto rows = [&](int j, int e, float& lse2_e, float& dlt_e) {
-      lse2_e = e % 2 ? lse_q[j].y : lse_q[j].x;
-      dlt_e = e % 2 ? dlt_q[j].y : dlt_q[j].x;
+    // this thread's queries are S^T's columns j * 8 + (lane % 4) * 2 + {0, 1}: lse2 and delta read from shared
+    // memory where used (held for the whole item, they would take 32 registers)
+    const float* lse_row = lse_smem + buf * BLOCK_M + (lane % 4) * 2;
+    const float* dlt_row = dlt_smem + buf * BLOCK_M + (lane % 4) * 2;
+    auto rows = [&](int j, int e, float& lse2_e, float& dlt_e) {  // the same pair for e = 0..3: one load
+      const float2 lse_pair = *reinterpret_cast<const float2*>(lse_row + j * 8);
+      const float2 dlt_pair = *reinterpret_cast<const float2*>(dlt_row + j * 8);
+      lse2_e = e % 2 ? lse_pair.y : lse_pair.x;
+      dlt_e = e % 2 ? dlt_pair.y : dlt_pair.x;
     };
     auto visible_at = [&](int j, int e) {
       const int query = m0 + j * 8 + (lane % 4) * 2 + e % 2;
@@ -271,6 +295,8 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
       atomic_add_rows<DQ_TILES>(dq_acc + b * dq_stride_b + h * dq_stride_h, dq_stride_s, dq_tile, m0 + wm * 16,
                                 wd * DQ_TILES * 8, seqlen_q, dim, lane);
     }
+    m0 += BLOCK_M;
+    if (m0 == m_end) m0 = first, ++h;
   }
   cp_async_wait<0>();
 
