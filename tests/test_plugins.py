@@ -125,6 +125,32 @@ def test_dispatch_follows_registrations_and_grad(fresh_registry):
     assert "feature 'backward' not supported" in row.reasons
 
 
+def test_dispatch_ranks_by_priority_for_the_call(fresh_registry):
+    """``priority_for(call)`` orders the candidates per call; explain shows that priority."""
+    served = []
+
+    class Ranked(Backend):
+        capabilities = Capabilities(features=frozenset({"causal"}))
+
+        def __init__(self, name, priority, priority_causal):
+            self.name, self.priority, self.priority_causal = name, priority, priority_causal
+
+        def priority_for(self, call):
+            return self.priority_causal if call.causal else self.priority
+
+        def forward(self, call, q, k, v):
+            served.append(self.name)
+            return torch.zeros(q.shape[:3] + v.shape[3:]), None
+
+    portattn.register_backend(Ranked("first_plain", 2_000, 1_000))
+    portattn.register_backend(Ranked("first_causal", 1_500, 2_500))
+    portattn.attention(Q, K, V)
+    portattn.attention(Q, K, V, causal=True)
+    assert served == ["first_plain", "first_causal"]
+    rows = portattn.explain(Q, K, V, causal=True, quiet=True).rows
+    assert [(r.name, r.priority) for r in rows[:2]] == [("first_causal", 2_500), ("first_plain", 1_000)]
+
+
 def test_register_backend_refuses_a_taken_name(fresh_registry):
     class Clash(Backend):
         name = "portable"

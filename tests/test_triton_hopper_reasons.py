@@ -39,3 +39,16 @@ def test_head_dim_v_rule(monkeypatch, capability, head_dim, head_dim_v, refused)
     assert bool(reasons) == refused, reasons
     if refused and capability >= (8, 0):
         assert "head_dim_v != head_dim needs the TMA path" in reasons[0]
+
+
+@pytest.mark.parametrize("capability,priority", [((8, 0), 240), ((8, 9), 240), ((9, 0), 300), ((10, 0), 300)])
+def test_priority_ranks_below_cuda_ampere_on_sm8x(monkeypatch, capability, priority):
+    """On sm80-sm89 only the pointer path runs: cuda_ampere (250), made for those GPUs, is chosen first."""
+    from portattn.backends.cuda_ampere import CudaAmpereBackend
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(th, "cuda_capability", lambda device: capability)
+    assert th.TritonHopperBackend().priority_for(cuda_call(64, 64)) == priority
+    assert (priority < CudaAmpereBackend().priority_for(cuda_call(64, 64))) == (capability < (9, 0))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter serves tests on any device: no demotion
+    assert th.TritonHopperBackend().priority_for(cuda_call(64, 64)) == 300

@@ -125,6 +125,11 @@ class Backend:
         """None when this backend can run on this machine, else the reason it cannot."""
         return None
 
+    def priority_for(self, call: AttentionCall) -> int:
+        """The priority this backend ranks by for ``call`` (``priority`` unless a backend ranks itself
+        differently on some devices: a fallback path on GPUs that another backend is made for)."""
+        return self.priority
+
     def active_capabilities(self) -> Capabilities:
         """The capabilities that apply now (a backend may widen them in a test mode)."""
         return self.capabilities

@@ -63,6 +63,17 @@ def _format(call: AttentionCall, table: dict[str, list[str]], head: str) -> str:
     return "\n".join(lines)
 
 
+def call_priority(backend: Backend, call: AttentionCall) -> int:
+    """``backend.priority_for(call)``; a plugin object that does not subclass Backend ranks by ``priority``."""
+    priority_for = getattr(backend, "priority_for", None)
+    return backend.priority if priority_for is None else priority_for(call)
+
+
+def ranked(call: AttentionCall) -> list[_registry._Entry]:
+    """The registered backends, highest priority for ``call`` first (ties keep the registry's order)."""
+    return sorted(_registry.get().ordered, key=lambda e: -call_priority(e.backend, call))
+
+
 def select(call: AttentionCall, forced: str | None) -> Backend:
     """The backend that serves ``call``; ``NoBackendError`` listing every reason if none can."""
     reg = _registry.get()
@@ -81,10 +92,11 @@ def select(call: AttentionCall, forced: str | None) -> Backend:
                 _format(call, {forced: reasons}, f"backend {forced!r} cannot serve this call"), {forced: reasons}
             )
         return entry.backend
-    for entry in reg.ordered:
+    order = ranked(call)
+    for entry in order:
         if not _candidate_reasons(entry, call):
             return entry.backend
-    table = {e.backend.name: _candidate_reasons(e, call) for e in reg.ordered}
+    table = {e.backend.name: _candidate_reasons(e, call) for e in order}
     raise NoBackendError(_format(call, table, "no backend can serve this call"), table)
 
 
@@ -173,14 +185,13 @@ def explanation(call: AttentionCall, forced: str | None) -> Explanation:
             f"or {_offload.BUDGET_ENV})"
         )
     rows = []
-    for entry in reg.ordered:
+    for entry in ranked(call):
         b = entry.backend
         reasons = _candidate_reasons(entry, call)
         if forced is not None and b.name != forced:
             reasons = reasons + [f"not the forced backend {forced!r}"]
-        rows.append(
-            ExplainRow(b.name, entry.origin, entry.unavailable_reason() is None, b.priority, reasons, b.name == chosen)
-        )
+        available = entry.unavailable_reason() is None
+        rows.append(ExplainRow(b.name, entry.origin, available, call_priority(b, call), reasons, b.name == chosen))
     for failure in reg.failures:
         rows.append(ExplainRow(failure.name, failure.origin, False, None, [failure.reason or ""], False))
     return Explanation(call, rows, chosen, forced, error, note)

@@ -34,6 +34,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") not in ("", "0")
 
 
+SM8X_PRIORITY = 240  # between cuda_ampere (250) and cuda_volta (200)
+
+
 class TritonHopperBackend(Backend):
     """Triton kernels: online softmax, band-aware block skipping, GQA without repeated K/V."""
 
@@ -79,6 +82,13 @@ class TritonHopperBackend(Backend):
 
     def active_capabilities(self) -> Capabilities:
         return self.interpreter_capabilities if _interpreting() else self.capabilities
+
+    def priority_for(self, call: AttentionCall) -> int:
+        """Below ``cuda_ampere`` (250) on sm80-sm89, where only the generic pointer path runs and the CUDA
+        kernel made for those GPUs is preferred; it stays their fallback for what that kernel cannot serve."""
+        if not _interpreting() and call.device.type == "cuda" and cuda_capability(call.device) < (9, 0):
+            return SM8X_PRIORITY
+        return self.priority
 
     def extra_reasons(self, call: AttentionCall) -> list[str]:
         if call.sparsity is not None:
