@@ -24,7 +24,8 @@ def test_info_json_schema():
     proc = portattn_cli("info", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"versions", "devices", "backends"}
+    assert set(data) == {"versions", "devices", "backends", "kernel_cache"}
+    assert set(data["kernel_cache"]) == {"dir", "summary", "entries"}
     assert {"portattn", "python", "torch", "pluggy"} <= set(data["versions"])
     assert data["devices"][0]["device"] == "cpu"
     by_name = {b["name"]: b for b in data["backends"]}

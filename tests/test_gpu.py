@@ -8,6 +8,7 @@ changes).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -72,6 +73,42 @@ def test_real_sizes_cuda_ampere(case, dtype):
     result.raise_for_failure()
     widest = max(case.head_dim, case.head_dim_v or case.head_dim)
     assert result.status == ("unsupported" if widest > 128 else "pass"), result.message
+
+
+CACHE_PROBE = """
+import json, torch, portattn
+from portattn.backends import cupy_launch
+torch.manual_seed(0)
+q = torch.randn(1, 300, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+out = portattn.attention(q, q, q, causal=True, backend="cuda_ampere")
+out.float().square().sum().backward()
+print(json.dumps([dict(cupy_launch.events), cupy_launch.fallback_reason, out.float().sum().item(),
+                  q.grad.float().square().sum().item()]))
+"""
+
+
+def test_cuda_ampere_kernel_cache_serves_a_second_process(tmp_path, monkeypatch):
+    """The first process compiles each kernel (forward, delta, backward) and keeps it on disk; the second
+    loads all of them and compiles none, with the same results; the records give the compile times."""
+    import subprocess
+    import sys
+
+    from portattn import _kernel_cache
+
+    if "cuda_ampere" not in _backends():
+        pytest.skip("cuda_ampere is not available on this machine (or not selected)")
+    monkeypatch.setenv(_kernel_cache.CACHE_ENV, str(tmp_path))
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", CACHE_PROBE], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    (first, first_reason, *first_values), (second, second_reason, *second_values) = runs
+    assert first.get("compiled", 0) >= 3 and not first.get("loaded") and not first.get("cupy"), (first, first_reason)
+    assert second == {"loaded": first["compiled"]}, (second, second_reason)
+    assert first_values == second_values
+    entries = _kernel_cache.entries()
+    assert len(entries) == first["compiled"] and all(e.seconds > 0 and e.target.startswith("sm_") for e in entries)
 
 
 @pytest.mark.hopper

@@ -28,7 +28,7 @@ COMMON_CSRC = Path(__file__).with_name("cuda_common") / "csrc"  # headers both b
 
 def inline_headers(csrc: Path, names: tuple[str, ...]) -> str:
     """The shared headers, then ``names`` (in include order), as one translation unit with their
-    includes of each other dropped: CuPy's disk cache keys on this text, so an edit to any header
+    includes of each other dropped: the kernel cache keys on this text, so an edit to any header
     compiles afresh."""
     parts = []
     for path in [COMMON_CSRC / "band.cuh", *(csrc / name for name in names)]:

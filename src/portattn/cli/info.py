@@ -8,6 +8,7 @@ import json
 import platform
 
 import portattn
+from portattn import _kernel_cache
 from portattn._device import describe_devices
 from portattn.cli.table import render
 
@@ -37,6 +38,11 @@ def collect() -> dict[str, object]:
         "versions": versions,
         "devices": describe_devices(),
         "backends": [r.as_dict() for r in portattn.list_backends()],
+        "kernel_cache": {
+            "dir": str(_kernel_cache.cache_dir()),
+            "summary": _kernel_cache.summary(),
+            "entries": [e._asdict() for e in _kernel_cache.entries()],
+        },
     }
 
 
@@ -67,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
     for b in data["backends"]:
         if b.get("description"):
             print(f"{b['name']}: {b['description']}")
+    print()
+    print(data["kernel_cache"]["summary"])
     return 0
