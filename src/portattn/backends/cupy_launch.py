@@ -24,14 +24,15 @@ fallback_reason: list[str] = []
 
 
 def _nvrtc_binary(source: str, options: tuple[str, ...], name: str, target: str) -> tuple[bytes, str]:
-    """NVRTC's cubin of template instance ``name`` for ``target`` (e.g. "sm_90") and its mangled name."""
+    """NVRTC's cubin of template instance ``name`` for ``target`` (e.g. "sm_90") and its mangled name;
+    ``options`` as ``_nvrtc_options`` gives them."""
     from cupy_backends.cuda.libs import nvrtc
 
     program = nvrtc.createProgram(source, "portattn.cu", (), ())
     try:
         nvrtc.addNameExpression(program, name)
         try:
-            nvrtc.compileProgram(program, [*_nvrtc_options(options), f"--gpu-architecture={target}"])
+            nvrtc.compileProgram(program, [*options, f"--gpu-architecture={target}"])
         except nvrtc.NVRTCError as exc:
             raise RuntimeError(f"{exc}: {nvrtc.getProgramLog(program)}") from None
         return nvrtc.getCUBIN(program), nvrtc.getLoweredName(program, name)
@@ -71,8 +72,8 @@ def compiled(source: str, options: tuple[str, ...], name: str, device_index: int
 
 
 def _cached(source: str, options: tuple[str, ...], name: str, target: str) -> cupy.RawKernel:
-    toolchain = _toolchain()
-    cache_key = _kernel_cache.key(source, _nvrtc_options(options), name, target, toolchain)
+    toolchain, options = _toolchain(), _nvrtc_options(options)
+    cache_key = _kernel_cache.key(source, options, name, target, toolchain)
     hit = _kernel_cache.lookup(cache_key)
     if hit is not None:
         path, entry = hit

@@ -2,7 +2,7 @@
 
 This module holds the capabilities and checks only; cupy is imported when the backend first runs.
 The kernel sources are ``csrc/*.cuh`` (shipped in the package); ``launch`` compiles each template
-instance on first use and CuPy caches the binary on disk.
+instance on first use and keeps the binary on disk (``portattn._kernel_cache``).
 """
 
 from __future__ import annotations

@@ -204,22 +204,23 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
   const int m_end = first + tiles * BLOCK_M;
   int h = hk * group, m0 = first;            // the item being computed
   int h_next = h, m_next = first;            // the item being loaded
-  auto issue = [&](int h, int m0, int buf) {
+  auto issue = [&](int buf) {  // the loads of item (h_next, m_next)
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
-        q_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(q) + b * q_stride_b + h * q_stride_h, q_stride_s,
-        m0, seqlen_q, dim, tid);
+        q_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(q) + b * q_stride_b + h_next * q_stride_h,
+        q_stride_s, m_next, seqlen_q, dim, tid);
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
-        do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h * do_stride_h,
-        do_stride_s, m0, seqlen_q, dim_v, tid);
+        do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h_next * do_stride_h,
+        do_stride_s, m_next, seqlen_q, dim_v, tid);
     load_rows_async<BLOCK_M, THREADS>(lse_smem + buf * BLOCK_M, dlt_smem + buf * BLOCK_M, lse2, delta,
-                                      (static_cast<long long>(b) * heads_q + h) * seqlen_q, m0, seqlen_q, tid);
+                                      (static_cast<long long>(b) * heads_q + h_next) * seqlen_q, m_next, seqlen_q,
+                                      tid);
   };
   // at d<=64 each warp keeps its K and V rows' fragments in registers (32 of them): the S^T and dP^T
   // products then read only Q and dO from shared memory
   constexpr bool KV_IN_REGS = HEAD_DIM <= 64;
   u32 k_frags[HEAD_DIM / 16][1][4], v_frags[HEAD_DIM / 16][1][4];
   if (KV_IN_REGS) cp_async_commit();  // K and V alone
-  if (items > 0) issue(h_next, m_next, 0);
+  if (items > 0) issue(0);
   cp_async_commit();  // (K, V and) the first Q, dO
   if (KV_IN_REGS) {
     cp_async_wait<1>();
@@ -232,7 +233,7 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
     const int buf = item % 2;
     m_next += BLOCK_M;
     if (m_next == m_end) m_next = first, ++h_next;
-    if (item + 1 < items) issue(h_next, m_next, buf ^ 1);
+    if (item + 1 < items) issue(buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
