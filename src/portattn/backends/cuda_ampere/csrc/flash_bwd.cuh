@@ -202,25 +202,23 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
   // (no divisions); one pipeline over all of them so that the next tile always streams in behind the current one
   const int items = tiles * group;
   const int m_end = first + tiles * BLOCK_M;
-  int h = hk * group, m0 = first;            // the item being computed
-  int h_next = h, m_next = first;            // the item being loaded
-  auto issue = [&](int buf) {  // the loads of item (h_next, m_next)
+  int h = hk * group, m0 = first;  // the item being computed
+  auto issue = [&](int h_i, int m_i, int buf) {  // the loads of item (h_i, m_i)
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
-        q_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(q) + b * q_stride_b + h_next * q_stride_h,
-        q_stride_s, m_next, seqlen_q, dim, tid);
+        q_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(q) + b * q_stride_b + h_i * q_stride_h, q_stride_s,
+        m_i, seqlen_q, dim, tid);
     load_tile_async<T, BLOCK_M, HEAD_DIM, THREADS>(
-        do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h_next * do_stride_h,
-        do_stride_s, m_next, seqlen_q, dim_v, tid);
+        do_smem + buf * BLOCK_M * HEAD_DIM, static_cast<const T*>(dout) + b * do_stride_b + h_i * do_stride_h,
+        do_stride_s, m_i, seqlen_q, dim_v, tid);
     load_rows_async<BLOCK_M, THREADS>(lse_smem + buf * BLOCK_M, dlt_smem + buf * BLOCK_M, lse2, delta,
-                                      (static_cast<long long>(b) * heads_q + h_next) * seqlen_q, m_next, seqlen_q,
-                                      tid);
+                                      (static_cast<long long>(b) * heads_q + h_i) * seqlen_q, m_i, seqlen_q, tid);
   };
   // at d<=64 each warp keeps its K and V rows' fragments in registers (32 of them): the S^T and dP^T
   // products then read only Q and dO from shared memory
   constexpr bool KV_IN_REGS = HEAD_DIM <= 64;
   u32 k_frags[HEAD_DIM / 16][1][4], v_frags[HEAD_DIM / 16][1][4];
   if (KV_IN_REGS) cp_async_commit();  // K and V alone
-  if (items > 0) issue(0);
+  if (items > 0) issue(h, m0, 0);
   cp_async_commit();  // (K, V and) the first Q, dO
   if (KV_IN_REGS) {
     cp_async_wait<1>();
@@ -231,9 +229,9 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
 
   for (int item = 0; item < items; ++item) {
     const int buf = item % 2;
-    m_next += BLOCK_M;
+    int h_next = h, m_next = m0 + BLOCK_M;  // the item after this one, loaded while this one runs
     if (m_next == m_end) m_next = first, ++h_next;
-    if (item + 1 < items) issue(buf ^ 1);
+    if (item + 1 < items) issue(h_next, m_next, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
     __syncthreads();
@@ -296,8 +294,7 @@ flash_bwd_dkdv(const void* q, const void* k, const void* v, const void* dout, co
       atomic_add_rows<DQ_TILES>(dq_acc + b * dq_stride_b + h * dq_stride_h, dq_stride_s, dq_tile, m0 + wm * 16,
                                 wd * DQ_TILES * 8, seqlen_q, dim, lane);
     }
-    m0 += BLOCK_M;
-    if (m0 == m_end) m0 = first, ++h;
+    h = h_next, m0 = m_next;
   }
   cp_async_wait<0>();
 
