@@ -184,3 +184,38 @@ def test_a_window_pattern_runs_as_a_band():
         assert got.sparsity is None and got.band == (3, 10)
     both = sparse.sliding_window(7, 3) | sparse.global_tokens(1)  # a combination stays a pattern
     assert portattn.explain(q, k, k, sparsity=both, quiet=True).call.sparsity is not None
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_pattern_walks_start_with_the_longest_lists(causal):
+    """``triton_hopper`` launches a pattern's programs heaviest first (``launch._heaviest_first``): the
+    order is a permutation, and the tiles each program visits, counted by brute force from the
+    pattern's block states and the band's element mask, never increase along it."""
+    pytest.importorskip("triton")
+    from portattn.backends.triton_hopper import launch
+
+    sq, sk = 300, 330
+    q, k = torch.randn(1, sq, 1, 16), torch.randn(1, sk, 1, 16)
+    pattern = sparse.bigbird(40, 16, 1, block=32)
+    call = portattn.explain(q, k, k, causal=causal, sparsity=pattern, quiet=True).call
+    states = pattern.block_states(sq, sk) != EMPTY  # (query blocks, key blocks)
+    lo, hi = call.band
+    rel = torch.arange(sk)[None, :] - torch.arange(sq)[:, None]
+    band = torch.ones(sq, sk, dtype=torch.bool)
+    if lo is not None:
+        band &= rel >= lo
+    if hi is not None:
+        band &= rel <= hi
+    for axis, block in (("q", 16), ("q", 32), ("k", 16), ("k", 32)):
+        order = launch._heaviest_first(call, axis, block, torch.device("cpu"))
+        n = -(-(sq if axis == "q" else sk) // block)
+        assert sorted(order.tolist()) == list(range(n))
+        work = []
+        for x in order.tolist():
+            if axis == "q":
+                rows, tiles = band[x * block : (x + 1) * block], states[x * block // 32]
+            else:
+                rows, tiles = band[:, x * block : (x + 1) * block].t(), states[:, x * block // 32]
+            seen = rows.any(0)  # the other axis's positions this program's band reaches
+            work.append(sum(bool(t and seen[j * 32 : (j + 1) * 32].any()) for j, t in enumerate(tiles.tolist())))
+        assert work == sorted(work, reverse=True) and work[0] > work[-1], (axis, block, work)

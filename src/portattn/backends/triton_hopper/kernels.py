@@ -152,13 +152,29 @@ def _span(start0, start1, seqlen_other, band_lo, band_hi, OTHER_BLOCK: tl.conste
 
 
 @triton.jit
-def _query_program(heads_q, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_HI: tl.constexpr):
+def _heaviest_first(ORDER):
+    """A pattern walk's program: (block along the walked axis, batch*heads index). The grid's programs
+    start in linear order; ``ORDER`` ranks the blocks by the tiles they visit, most first, and every
+    head takes rank ``r`` before any takes ``r + 1``, so that a long list (a global token's row) starts
+    early instead of finishing last."""
+    n_heads = tl.num_programs(1)
+    linear = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    return tl.load(ORDER + linear // n_heads), linear % n_heads
+
+
+@triton.jit
+def _query_program(heads_q, ORDER, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, HAS_HI: tl.constexpr,
+                   SPARSE: tl.constexpr):  # fmt: skip
     """This program's first query row, its ``batch*heads_q + head`` index, batch, query head and K/V
-    head. Under a causal-type band the last query blocks see the most keys: they run first."""
-    pid_m = tl.program_id(0)
-    if HAS_HI:
-        pid_m = tl.num_programs(0) - 1 - pid_m
-    bh = tl.program_id(1)
+    head. Under a causal-type band the last query blocks see the most keys: they run first; under a
+    pattern, ``ORDER`` sets the order (``_heaviest_first``)."""
+    if SPARSE:
+        pid_m, bh = _heaviest_first(ORDER)
+    else:
+        pid_m = tl.program_id(0)
+        if HAS_HI:
+            pid_m = tl.num_programs(0) - 1 - pid_m
+        bh = tl.program_id(1)
     h = bh % heads_q
     return pid_m * BLOCK_M, bh, bh // heads_q, h, h // GROUP
 
@@ -365,7 +381,8 @@ def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first
 
 
 @triton.jit
-def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, Q_LO, Q_HI, K_CODE, SPANS,
+def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, ORDER, kv_width, Q_LO, Q_HI, K_CODE,
+             SPANS,
              stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
              stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
              seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
@@ -381,11 +398,12 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
     cdiv(seqlen_k, BLOCK_N))``, and P is cast at ``2**P_SHIFT`` times its value (FA3 uses 8); otherwise
     the scales are unused and ``P_SHIFT`` is 0. (Quantizing Q here instead of in a prepass was tried:
     the rotation's matrix in shared memory halved the programs per SM, and it ran 12% slower.)
-    ``SPARSE``: the key blocks come from a block-sparse pattern's lists (``_fwd_sparse``); else the
-    pointers ``KV_COUNT`` .. ``MASKS`` are unused. ``INTERVAL``: an ``IntervalMask`` (``Q_LO``, ``Q_HI``
-    ``(batch*heads_q, seqlen_q)``, ``K_CODE`` ``(batch*heads_kv, seqlen_k)`` int32) with each program's
-    key span in ``SPANS`` ``(batch*heads_q, query blocks, 4)``; else those are unused."""
-    start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
+    ``SPARSE``: the key blocks come from a block-sparse pattern's lists (``_fwd_sparse``), the programs
+    run in ``ORDER`` (``_heaviest_first``); else the pointers ``KV_COUNT`` .. ``ORDER`` are unused.
+    ``INTERVAL``: an ``IntervalMask`` (``Q_LO``, ``Q_HI`` ``(batch*heads_q, seqlen_q)``, ``K_CODE``
+    ``(batch*heads_kv, seqlen_k)`` int32) with each program's key span in ``SPANS`` ``(batch*heads_q,
+    query blocks, 4)``; else those are unused."""
+    start_m, bh, b, h, hk = _query_program(heads_q, ORDER, GROUP, BLOCK_M, HAS_HI, SPARSE)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
     v_head = _head(V, b, hk, stride_vb, stride_vh, stride_vs, seqlen_k, head_dim_v, BLOCK_N, BLOCK_DV, TILES)
@@ -526,7 +544,7 @@ def _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, 
 
 
 @triton.jit
-def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_MASK, MASKS, q_width, Q_LO, Q_HI,
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_MASK, MASKS, ORDER, q_width, Q_LO, Q_HI,
                   K_CODE, SPANS,
                   stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                   stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
@@ -544,11 +562,15 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
     seqlen_q, BLOCK_D)``, zeroed, unscaled) with atomics, so that no dQ kernel recomputes P and dP:
     two matmuls of seven fewer, in an order that varies from run to run. ``SPARSE``: only the query
     blocks of a block-sparse pattern's transposed lists (``Q_INDEX[kb, :Q_COUNT[kb]]``, partial ones
-    masked by ``MASKS[Q_MASK[kb, t]]``, as in ``_fwd_sparse``) are visited. ``INTERVAL``: each query
+    masked by ``MASKS[Q_MASK[kb, t]]``, as in ``_fwd_sparse``) are visited, key blocks in ``ORDER``
+    (``_heaviest_first``). ``INTERVAL``: each query
     head's span of rows for these keys is ``SPANS[b*heads_q + h, key block]``, masked by the interval
     test at its ends; else those are unused."""
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
+    if SPARSE:
+        pid_n, bh = _heaviest_first(ORDER)
+    else:
+        pid_n, bh = tl.program_id(0), tl.program_id(1)
+    start_n = pid_n * BLOCK_N
     b = bh // heads_kv
     hk = bh % heads_kv
     k_head = _head(K, b, hk, stride_kb, stride_kh, stride_ks, seqlen_k, head_dim, BLOCK_N, BLOCK_D, TILES)
@@ -653,7 +675,8 @@ def _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, 
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, Q_LO, Q_HI, K_CODE, SPANS,
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS, ORDER, kv_width, Q_LO, Q_HI, K_CODE,
+                SPANS,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                 stride_dqb, stride_dqs, stride_dqh,
@@ -665,7 +688,7 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
                 INTERVAL: tl.constexpr = False):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's;
     ``SPARSE`` and ``INTERVAL`` walk the pattern's lists or spans as the forward does."""
-    start_m, bh, b, h, hk = _query_program(heads_q, GROUP, BLOCK_M, HAS_HI)
+    start_m, bh, b, h, hk = _query_program(heads_q, ORDER, GROUP, BLOCK_M, HAS_HI, SPARSE)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
                     TILES)  # fmt: skip

@@ -300,7 +300,9 @@ def forward(
         block = call.sparsity.block
         cfg = cfg._replace(block_m=min(cfg.block_m, block), block_n=min(cfg.block_n, block))
         sparse = dict(SPARSE=True, PATTERN_BLOCK=block)
-    lists = _sparse_lists(call, q.device)[0] if "SPARSE" in sparse else (lse, lse, lse, lse, 0)
+    lists = (lse, lse, lse, lse, lse, 0)
+    if "SPARSE" in sparse:
+        lists = _with_order(_sparse_lists(call, q.device)[0], _heaviest_first(call, "q", cfg.block_m, q.device))
     needs_tma = _needs_tma(call, cap)
     tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
     if needs_tma and call.seqlen_k > 0 and tiles == POINTER:
@@ -426,6 +428,44 @@ def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
         _sparse_cache.clear()
     _sparse_cache[key] = (kv, q)
     return kv, q
+
+
+_order_cache: dict[tuple, torch.Tensor] = {}
+
+
+def _heaviest_first(call: AttentionCall, axis: str, block: int, device: torch.device) -> torch.Tensor:
+    """int32 ``(programs,)``: a pattern walk's programs, blocks of ``block`` queries (``axis`` "q": the
+    forward's and dQ's) or keys ("k": dK/dV's), ordered by how many pattern tiles they visit under the
+    call's band, most first, ties in place (``kernels._heaviest_first`` launches them in that order)."""
+    pattern, sq, sk = call.sparsity, call.seqlen_q, call.seqlen_k
+    key = (pattern.cache_key, sq, sk, call.band, axis, block, device)
+    hit = _order_cache.get(key)
+    if hit is not None:
+        return hit
+    lists = pattern.block_lists(sq, sk)
+    lo, hi = call.band  # lo <= key - query <= hi
+    if axis == "q":
+        index, length, other = lists.kv_index, sq, sk
+    else:  # the rows that see keys c: c - hi <= row <= c - lo
+        index, length, other = lists.q_index, sk, sq
+        lo, hi = (None if hi is None else -hi), (None if lo is None else -lo)
+    start = torch.arange(0, length, block)
+    end = torch.clamp(start + block, max=length)
+    first = torch.zeros_like(start) if lo is None else (start + lo).clamp_min(0)
+    last = torch.full_like(start, other) if hi is None else torch.clamp(end + hi, max=other)
+    entries = index[start // lists.block].long()  # (programs, width), -1 past the list
+    seen = (entries >= 0) & (entries * lists.block < last[:, None]) & ((entries + 1) * lists.block > first[:, None])
+    order = torch.sort(-seen.sum(1), stable=True).indices.to(torch.int32).to(device)
+    if len(_order_cache) >= _CACHE_LIMIT:
+        _order_cache.clear()
+    _order_cache[key] = order
+    return order
+
+
+def _with_order(lists: tuple, order: torch.Tensor) -> tuple:
+    """A pattern's lists from ``_sparse_lists`` with the walk's program order, as the kernels take them:
+    ``(COUNT, INDEX, MASK, MASKS, ORDER, width)``."""
+    return (*lists[:4], order, lists[4])
 
 
 def _quantize_qkv(
@@ -555,7 +595,7 @@ def forward_fp8(
     common = _common(call)
     common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
-        *operands, lse, qs, ks, vs, lse, lse, lse, lse, 0, lse, lse, lse, lse, *_bsh(q8), *_bsh(k8), *_bsh(v8),
+        *operands, lse, qs, ks, vs, lse, lse, lse, lse, lse, 0, lse, lse, lse, lse, *_bsh(q8), *_bsh(k8), *_bsh(v8),
         *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim if prequantized else dp, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype],
@@ -601,7 +641,7 @@ def backward(
     cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common = plan
     d, dv_dim = call.head_dim, call.head_dim_v
     sparse = {}
-    kv_lists = q_lists = (lse, lse, lse, lse, 0)
+    kv_lists = q_lists = (lse, lse, lse, lse, lse, 0)
     kv_intervals = q_intervals = (lse, lse, lse, lse)
     if _is_interval(call):
         sparse = dict(INTERVAL=True)
@@ -610,6 +650,8 @@ def backward(
     elif call.sparsity is not None:
         sparse = dict(SPARSE=True, PATTERN_BLOCK=call.sparsity.block)
         kv_lists, q_lists = _sparse_lists(call, q.device)
+        kv_lists = _with_order(kv_lists, _heaviest_first(call, "q", cfg.block_m, q.device))
+        q_lists = _with_order(q_lists, _heaviest_first(call, "k", kv_cfg.block_n, q.device))
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     direct.launch(
         kernels.attn_bwd_delta, (triton.cdiv(sq, cfg.block_m), b * hq), key,
