@@ -35,7 +35,7 @@ if has realtests; then
 fi
 if has memcheck && command -v compute-sanitizer >/dev/null; then
   echo "== compute-sanitizer memcheck (small shapes)"
-  timeout 100 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/sanitize_shapes.py >"$OUT/memcheck.log" 2>&1 \
+  timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/sanitize_shapes.py >"$OUT/memcheck.log" 2>&1 \
     || status=1
   grep -E "ERROR SUMMARY|fail" "$OUT/memcheck.log" | head -5
 fi

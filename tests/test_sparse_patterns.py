@@ -187,35 +187,58 @@ def test_a_window_pattern_runs_as_a_band():
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_pattern_walks_start_with_the_longest_lists(causal):
-    """``triton_hopper`` launches a pattern's programs heaviest first (``launch._heaviest_first``): the
-    order is a permutation, and the tiles each program visits, counted by brute force from the
-    pattern's block states and the band's element mask, never increase along it."""
+def test_pattern_walks_list_exactly_the_visible_tiles(causal):
+    """``triton_hopper``'s walk lists (``launch._pattern_walk``), against brute force from the pattern's
+    element mask and the band: every visible (query, key) pair lies in a listed tile, no tile twice;
+    tiles listed as unmasked are wholly visible and inside the lengths; a masked tile's element mask is
+    its pattern tile's; and the programs run heaviest first."""
     pytest.importorskip("triton")
     from portattn.backends.triton_hopper import launch
 
-    sq, sk = 300, 330
+    sq, sk, pb = 300, 330, 32
     q, k = torch.randn(1, sq, 1, 16), torch.randn(1, sk, 1, 16)
-    pattern = sparse.bigbird(40, 16, 1, block=32)
+    pattern = sparse.bigbird(40, 16, 1, block=pb)
     call = portattn.explain(q, k, k, causal=causal, sparsity=pattern, quiet=True).call
-    states = pattern.block_states(sq, sk) != EMPTY  # (query blocks, key blocks)
     lo, hi = call.band
     rel = torch.arange(sk)[None, :] - torch.arange(sq)[:, None]
-    band = torch.ones(sq, sk, dtype=torch.bool)
+    allowed = pattern.allowed_mask(1, 1, sq, sk, torch.device("cpu"))[0, 0].clone()
     if lo is not None:
-        band &= rel >= lo
+        allowed &= rel >= lo
     if hi is not None:
-        band &= rel <= hi
-    for axis, block in (("q", 16), ("q", 32), ("k", 16), ("k", 32)):
-        order = launch._heaviest_first(call, axis, block, torch.device("cpu"))
-        n = -(-(sq if axis == "q" else sk) // block)
-        assert sorted(order.tolist()) == list(range(n))
+        allowed &= rel <= hi
+    element = pattern.allowed_mask(1, 1, sq, sk, torch.device("cpu"))[0, 0]
+    plain_seen = masked_seen = 0
+    for axis, block, other_block in (("q", 16, 32), ("q", 32, 16), ("k", 16, 32), ("k", 32, 16)):
+        walk, starts, numbers, masks, order = launch._pattern_walk(call, axis, block, other_block, torch.device("cpu"))
+        view = allowed if axis == "q" else allowed.t()  # (this axis, the other)
+        length, other = view.shape
+        n = -(-length // block)
+        assert walk.shape == (n, 3) and sorted(order.tolist()) == list(range(n))
         work = []
-        for x in order.tolist():
-            if axis == "q":
-                rows, tiles = band[x * block : (x + 1) * block], states[x * block // 32]
-            else:
-                rows, tiles = band[:, x * block : (x + 1) * block].t(), states[:, x * block // 32]
-            seen = rows.any(0)  # the other axis's positions this program's band reaches
-            work.append(sum(bool(t and seen[j * 32 : (j + 1) * 32].any()) for j, t in enumerate(tiles.tolist())))
-        assert work == sorted(work, reverse=True) and work[0] > work[-1], (axis, block, work)
+        for x in range(n):
+            begin, n_masked, n_plain = walk[x].tolist()
+            tiles = starts[begin : begin + n_masked + n_plain].tolist()
+            assert len(set(tiles)) == len(tiles) and all(t % other_block == 0 for t in tiles)
+            rows = view[x * block : (x + 1) * block]
+            needed = {c // other_block * other_block for c in rows.any(0).nonzero().flatten().tolist()}
+            assert needed <= set(tiles), (axis, x)
+            for i, t in enumerate(tiles):
+                number = int(numbers[begin + i])
+                if i >= n_masked:  # unmasked: wholly visible, inside the lengths, a full pattern tile
+                    assert number == -1 and t + other_block <= other and bool(rows[:, t : t + other_block].all())
+                    plain_seen += 1
+                elif number >= 0:
+                    r0, c0 = (x * block, t) if axis == "q" else (t, x * block)
+                    tile = masks[number].bool()
+                    b0, b1 = r0 // pb * pb, c0 // pb * pb
+                    want = element[b0 : b0 + pb, b1 : b1 + pb]
+                    assert torch.equal(tile[: want.shape[0], : want.shape[1]], want)
+                    masked_seen += 1
+                else:  # masked by the band or the length only: the pattern tile is full
+                    r0, c0 = (x * block, t) if axis == "q" else (t, x * block)
+                    b0, b1 = r0 // pb * pb, c0 // pb * pb
+                    assert bool(element[b0 : b0 + pb, b1 : b1 + pb].all()), (axis, x, t)
+            work.append(n_masked + n_plain)
+        ranked = [work[x] for x in order.tolist()]
+        assert ranked == sorted(work, reverse=True) and ranked[0] > ranked[-1], (axis, block, work)
+    assert plain_seen and masked_seen

@@ -143,6 +143,18 @@ def pick_ws(head_dim: int, causal: bool, seqlen_k: int, fp8: bool = False) -> Ws
     return next(cfg for longest, cfg in table[(head_dim, causal)] if longest is None or seqlen_k <= longest)
 
 
+# sm90, 16-bit, block-sparse patterns (the walk lists of launch._pattern_walk): (kernel, head-dim bucket)
+# -> config, tiles clipped to the pattern's block. Tuned on an H100 at BigBird (±512 window, 128 global
+# tokens, 16k, 16 heads, bf16; causal and not: benchmarks/sparse_sweep.py, results in
+# benchmarks/results/h100_sparse_sweep_2026-11-24f*.json; ms of the forward, or of a training step with
+# the one kernel swept). 128-key tiles run the pipelined walk slowly (fwd (64, 128, 4, 2): 0.92 ms against
+# 0.52), and the dense d=128 tables would take them.
+SM90_PATTERN: dict[tuple[str, int], Config] = {
+    ("fwd", 128): Config(64, 64, 4, 3),  # 0.517 / 0.332 ms against 0.651 / 0.505 for (128, 128, 8, 3)
+    ("dkdv", 128): Config(64, 64, 4, 2),  # step 2.194 / 1.637 ms against 2.365 / 1.845 for (32, 64, 4, 3)
+    ("dq", 128): Config(64, 64, 4, 3),  # the dense config led
+}
+
 # kernel -> config that replaces the table (the tuning script sets it; nothing else should)
 OVERRIDE: dict[str, Config] = {}
 
@@ -159,15 +171,19 @@ def pick(
     causal: bool = False,
     fp32: bool = False,
     loop_len: int = 0,
+    pattern: bool = False,
 ) -> Config:
     """The config for one launch; ``capability`` None means the interpreter. ``loop_len``: the length
-    of the kernel's inner loop (keys for fwd and dq, queries for dkdv)."""
+    of the kernel's inner loop (keys for fwd and dq, queries for dkdv); ``pattern``: the kernel walks a
+    block-sparse pattern's lists."""
     if kernel in OVERRIDE:
         return OVERRIDE[kernel]
     if capability is None:
         return INTERPRETER
     if capability < (9, 0):
         cfg = SM80[(kernel, bucket(head_dim))]
+    elif pattern and (kernel, bucket(head_dim)) in SM90_PATTERN:
+        cfg = SM90_PATTERN[(kernel, bucket(head_dim))]
     else:
         key = (kernel, bucket(head_dim), causal)
         cfg = SM90_SHORT.get(key, SM90[key]) if loop_len <= SHORT else SM90[key]

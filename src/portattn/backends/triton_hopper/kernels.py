@@ -319,17 +319,12 @@ def _pattern_keep(MASKS, mask_id, rows, cols, PATTERN_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _list_tile(KV_INDEX, KV_MASK, qb, kv_width, t, sub, first, full_first, full_last, last,
-               BLOCK_N: tl.constexpr, PATTERN_BLOCK: tl.constexpr):  # fmt: skip
-    """Sub-tile ``sub`` of entry ``t`` of query block ``qb``'s list: its first key, whether it meets the
-    band ``[first, last)``, whether it needs a mask (a partial pattern tile, or outside the band's
-    unmasked middle), and its partial tile's number (``_pattern_keep`` loads the mask where needed)."""
-    n = tl.load(KV_INDEX + qb * kv_width + t)
-    mask_id = tl.load(KV_MASK + qb * kv_width + t)
-    start_n = n * PATTERN_BLOCK + sub * BLOCK_N
-    visible = (start_n + BLOCK_N > first) & (start_n < last)
-    masked = (mask_id >= 0) | (start_n < full_first) | (start_n + BLOCK_N > full_last)
-    return start_n, visible, masked, mask_id
+def _walk(WALK, program):
+    """A pattern walk's program ``program`` (along the walked axis): where its tiles start in
+    ``TILE_START``/``TILE_MASK``, how many need a mask (they come first), and how many do not
+    (``launch._pattern_walk``)."""
+    begin = tl.load(WALK + program * 3)
+    return begin, tl.load(WALK + program * 3 + 1), tl.load(WALK + program * 3 + 2)
 
 
 @triton.jit
@@ -345,43 +340,37 @@ def _interval_setup(Q_LO, Q_HI, K_CODE, SPANS, bh, kv_head, offs_m, start_m, seq
 
 
 @triton.jit
-def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first, full_first, full_last, last,
-                seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
-                k_scales, v_scales, KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr,
-                HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                UPCAST: tl.constexpr, FP8: tl.constexpr, P_SHIFT: tl.constexpr,
+def _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, program, seqlen_k, stride_ks, stride_vs,
+                head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, WALK, TILE_START,
+                TILE_MASK, MASKS, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr, TILES: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, FP8: tl.constexpr, P_SHIFT: tl.constexpr,
                 PATTERN_BLOCK: tl.constexpr):  # fmt: skip
-    """A block-sparse pattern's key blocks for this program's rows (``BLOCK_M`` divides ``PATTERN_BLOCK``):
-    only the pattern's visible blocks (``KV_INDEX[qb, :KV_COUNT[qb]]``) that meet the band are loaded;
-    a partial one (``KV_MASK[qb, t] >= 0``) applies its element mask ``MASKS[KV_MASK[qb, t]]`` (uint8
-    ``(PATTERN_BLOCK, PATTERN_BLOCK)``), and only tiles on the band's edges or partial ones are masked."""
-    qb = start_m // PATTERN_BLOCK
-    rows = offs_m - qb * PATTERN_BLOCK
-    for t in range(tl.load(KV_COUNT + qb)):
-        for sub in range(PATTERN_BLOCK // BLOCK_N):
-            start_n, visible, masked, mask_id = _list_tile(KV_INDEX, KV_MASK, qb, kv_width, t, sub, first,
-                                                           full_first, full_last, last, BLOCK_N,
-                                                           PATTERN_BLOCK)  # fmt: skip
-            if visible:
-                if masked:
-                    keep = _pattern_keep(MASKS, mask_id, rows, sub * BLOCK_N + tl.arange(0, BLOCK_N), PATTERN_BLOCK)
-                    acc, l_i, m_i, v_unit = _fwd_block(
-                        acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
-                        head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep, BLOCK_N,
-                        BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
-                        P_SHIFT, True)  # fmt: skip
-                else:
-                    acc, l_i, m_i, v_unit = _fwd_block(
-                        acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
-                        head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, None, BLOCK_N,
-                        BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
-                        P_SHIFT, False)  # fmt: skip
+    """A block-sparse pattern's key tiles for this program's rows (``BLOCK_M`` and ``BLOCK_N`` divide
+    ``PATTERN_BLOCK``), as listed on the host: first those that need a mask (a partial pattern tile's
+    element mask ``MASKS[TILE_MASK[i]]``, uint8 ``(PATTERN_BLOCK, PATTERN_BLOCK)``, or the band's or the
+    length's edge), then the unmasked ones in a loop of plain loads that the compiler pipelines."""
+    begin, n_masked, n_full = _walk(WALK, program)
+    rows = offs_m % PATTERN_BLOCK
+    for i in range(begin, begin + n_masked):
+        start_n = tl.load(TILE_START + i)
+        keep = _pattern_keep(MASKS, tl.load(TILE_MASK + i), rows, start_n % PATTERN_BLOCK + tl.arange(0, BLOCK_N),
+                             PATTERN_BLOCK)  # fmt: skip
+        acc, l_i, m_i, v_unit = _fwd_block(
+            acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs, head_dim,
+            head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, keep, BLOCK_N, BLOCK_D, BLOCK_DV,
+            True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT, True)  # fmt: skip
+    for i in tl.range(begin + n_masked, begin + n_masked + n_full):
+        acc, l_i, m_i, v_unit = _fwd_block(
+            acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, tl.load(TILE_START + i), seqlen_k, stride_ks,
+            stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales, None, BLOCK_N,
+            BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8, P_SHIFT,
+            False)  # fmt: skip
     return acc, l_i, m_i, v_unit
 
 
 @triton.jit
-def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, ORDER, kv_width, Q_LO, Q_HI, K_CODE,
+def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, WALK, TILE_START, TILE_MASK, MASKS, ORDER, Q_LO, Q_HI, K_CODE,
              SPANS,
              stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
              stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
@@ -399,7 +388,7 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
     the scales are unused and ``P_SHIFT`` is 0. (Quantizing Q here instead of in a prepass was tried:
     the rotation's matrix in shared memory halved the programs per SM, and it ran 12% slower.)
     ``SPARSE``: the key blocks come from a block-sparse pattern's lists (``_fwd_sparse``), the programs
-    run in ``ORDER`` (``_heaviest_first``); else the pointers ``KV_COUNT`` .. ``ORDER`` are unused.
+    run in ``ORDER`` (``_heaviest_first``); else the pointers ``WALK`` .. ``ORDER`` are unused.
     ``INTERVAL``: an ``IntervalMask`` (``Q_LO``, ``Q_HI`` ``(batch*heads_q, seqlen_q)``, ``K_CODE``
     ``(batch*heads_kv, seqlen_k)`` int32) with each program's key span in ``SPANS`` ``(batch*heads_q,
     query blocks, 4)``; else those are unused."""
@@ -427,12 +416,11 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, KV_COUNT, KV_INDEX, KV_MASK, MASKS, 
         Q_LO, Q_HI, K_CODE, SPANS, bh, b * (heads_q // GROUP) + hk, offs_m, start_m, seqlen_q, seqlen_k, first,
         full_first, full_last, last, BLOCK_M, INTERVAL)  # fmt: skip
     if SPARSE:
-        acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m, first,
-                                            full_first, full_last, last, seqlen_k, stride_ks, stride_vs, head_dim,
-                                            head_dim_v, band_lo, band_hi, qk_scale, softcap, k_scales, v_scales,
-                                            KV_COUNT, KV_INDEX, KV_MASK, MASKS, kv_width, BLOCK_M, BLOCK_N, BLOCK_D,
-                                            BLOCK_DV, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, FP8,
-                                            P_SHIFT, PATTERN_BLOCK)  # fmt: skip
+        acc, l_i, m_i, v_unit = _fwd_sparse(acc, l_i, m_i, v_unit, q, k_head, v_head, offs_m, start_m // BLOCK_M,
+                                            seqlen_k, stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi,
+                                            qk_scale, softcap, k_scales, v_scales, WALK, TILE_START, TILE_MASK, MASKS,
+                                            BLOCK_N, BLOCK_D, BLOCK_DV, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
+                                            DOT_PRECISION, UPCAST, FP8, P_SHIFT, PATTERN_BLOCK)  # fmt: skip
     else:
         for part in tl.static_range(3):  # masked head, unmasked middle, masked tail
             lo_n, hi_n = _part(part, first, full_first, full_last, last)
@@ -544,7 +532,7 @@ def _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, 
 
 
 @triton.jit
-def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_MASK, MASKS, ORDER, q_width, Q_LO, Q_HI,
+def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, WALK, TILE_START, TILE_MASK, MASKS, ORDER, Q_LO, Q_HI,
                   K_CODE, SPANS,
                   stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                   stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
@@ -561,11 +549,10 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
     ``ATOMIC_DQ`` also adds each block's ``dS^T K`` into ``DQ_ACC`` (float32 ``(batch, heads_q,
     seqlen_q, BLOCK_D)``, zeroed, unscaled) with atomics, so that no dQ kernel recomputes P and dP:
     two matmuls of seven fewer, in an order that varies from run to run. ``SPARSE``: only the query
-    blocks of a block-sparse pattern's transposed lists (``Q_INDEX[kb, :Q_COUNT[kb]]``, partial ones
-    masked by ``MASKS[Q_MASK[kb, t]]``, as in ``_fwd_sparse``) are visited, key blocks in ``ORDER``
-    (``_heaviest_first``). ``INTERVAL``: each query
-    head's span of rows for these keys is ``SPANS[b*heads_q + h, key block]``, masked by the interval
-    test at its ends; else those are unused."""
+    tiles a block-sparse pattern lets these keys see are visited, from the host's walk lists (``WALK``,
+    ``TILE_START``, ``TILE_MASK``; masked ones first, as in ``_fwd_sparse``), key blocks in ``ORDER``
+    (``_heaviest_first``). ``INTERVAL``: each query head's span of rows for these keys is
+    ``SPANS[b*heads_q + h, key block]``, masked by the interval test at its ends; else those are unused."""
     if SPARSE:
         pid_n, bh = _heaviest_first(ORDER)
     else:
@@ -584,8 +571,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
     first, full_first, full_last, last = _span(start_n, start_n + BLOCK_N, seqlen_q, -band_hi, -band_lo,
                                                BLOCK_M, HAS_HI, HAS_LO, False)  # fmt: skip
     heads_q = heads_kv * GROUP
-    kb = start_n // PATTERN_BLOCK
-    cols = offs_n - kb * PATTERN_BLOCK  # the keys' offsets inside their pattern block
+    cols = offs_n % PATTERN_BLOCK  # SPARSE: the keys' offsets inside their pattern block
     code = offs_n  # INTERVAL: the keys' codes (past the length: never visible)
     if INTERVAL:
         code = tl.load(K_CODE + bh * seqlen_k + offs_n, mask=offs_n < seqlen_k, other=2147483647)
@@ -596,26 +582,21 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, Q_COUNT, Q_INDEX, Q_M
                         TILES)  # fmt: skip
         rows_base = (b * heads_q + h) * seqlen_q
         if SPARSE:
-            for t in range(tl.load(Q_COUNT + kb)):
-                m = tl.load(Q_INDEX + kb * q_width + t)
-                mask_id = tl.load(Q_MASK + kb * q_width + t)
-                for sub in range(PATTERN_BLOCK // BLOCK_M):
-                    start_m = m * PATTERN_BLOCK + sub * BLOCK_M
-                    if (start_m + BLOCK_M > first) & (start_m < last):
-                        if (mask_id >= 0) | (start_m < full_first) | (start_m + BLOCK_M > full_last):
-                            rows = sub * BLOCK_M + tl.arange(0, BLOCK_M)
-                            keep_t = tl.trans(_pattern_keep(MASKS, mask_id, rows, cols, PATTERN_BLOCK))
-                            dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE,
-                                                 DELTA, DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim,
-                                                 head_dim_v, band_lo, band_hi, qk_scale, softcap, keep_t, BLOCK_M,
-                                                 BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                                                 DOT_PRECISION, UPCAST, ATOMIC_DQ, True)  # fmt: skip
-                        else:
-                            dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE,
-                                                 DELTA, DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim,
-                                                 head_dim_v, band_lo, band_hi, qk_scale, softcap, None, BLOCK_M,
-                                                 BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                                                 DOT_PRECISION, UPCAST, ATOMIC_DQ, False)  # fmt: skip
+            begin, n_masked, n_full = _walk(WALK, pid_n)
+            for i in range(begin, begin + n_masked):
+                start_m = tl.load(TILE_START + i)
+                rows = start_m % PATTERN_BLOCK + tl.arange(0, BLOCK_M)
+                keep_t = tl.trans(_pattern_keep(MASKS, tl.load(TILE_MASK + i), rows, cols, PATTERN_BLOCK))
+                dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, start_m, rows_base, LSE, DELTA, DQ_ACC,
+                                     seqlen_q, stride_qs, stride_dos, head_dim, head_dim_v, band_lo, band_hi,
+                                     qk_scale, softcap, keep_t, BLOCK_M, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI,
+                                     HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, ATOMIC_DQ, True)  # fmt: skip
+            for i in tl.range(begin + n_masked, begin + n_masked + n_full):
+                dk, dv = _dkdv_block(dk, dv, k, v, q_head, do_head, offs_n, tl.load(TILE_START + i), rows_base, LSE,
+                                     DELTA, DQ_ACC, seqlen_q, stride_qs, stride_dos, head_dim, head_dim_v, band_lo,
+                                     band_hi, qk_scale, softcap, None, BLOCK_M, BLOCK_D, BLOCK_DV, False, HAS_LO,
+                                     HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, ATOMIC_DQ,
+                                     False)  # fmt: skip
         else:
             if INTERVAL:
                 first, full_first, full_last, last = _load_span(SPANS, (b * heads_q + h) * tl.num_programs(0)
@@ -675,7 +656,7 @@ def _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, 
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS, ORDER, kv_width, Q_LO, Q_HI, K_CODE,
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, WALK, TILE_START, TILE_MASK, MASKS, ORDER, Q_LO, Q_HI, K_CODE,
                 SPANS,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
@@ -709,26 +690,20 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_COUNT, KV_INDEX, KV_MASK, MASKS,
         Q_LO, Q_HI, K_CODE, SPANS, bh, b * (heads_q // GROUP) + hk, offs_m, start_m, seqlen_q, seqlen_k, first,
         full_first, full_last, last, BLOCK_M, INTERVAL)  # fmt: skip
     if SPARSE:
-        qb = start_m // PATTERN_BLOCK
-        rows = offs_m - qb * PATTERN_BLOCK
-        for t in range(tl.load(KV_COUNT + qb)):
-            for sub in range(PATTERN_BLOCK // BLOCK_N):
-                start_n, visible, masked, mask_id = _list_tile(KV_INDEX, KV_MASK, qb, kv_width, t, sub, first,
-                                                               full_first, full_last, last, BLOCK_N,
-                                                               PATTERN_BLOCK)  # fmt: skip
-                if visible:
-                    if masked:
-                        keep = _pattern_keep(MASKS, mask_id, rows, sub * BLOCK_N + tl.arange(0, BLOCK_N),
-                                             PATTERN_BLOCK)  # fmt: skip
-                        dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
-                                       stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, keep,
-                                       BLOCK_N, BLOCK_D, BLOCK_DV, True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                                       DOT_PRECISION, UPCAST, True)  # fmt: skip
-                    else:
-                        dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks,
-                                       stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, None,
-                                       BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES,
-                                       DOT_PRECISION, UPCAST, False)  # fmt: skip
+        begin, n_masked, n_full = _walk(WALK, start_m // BLOCK_M)
+        rows = offs_m % PATTERN_BLOCK
+        for i in range(begin, begin + n_masked):
+            start_n = tl.load(TILE_START + i)
+            keep = _pattern_keep(MASKS, tl.load(TILE_MASK + i), rows, start_n % PATTERN_BLOCK + tl.arange(0, BLOCK_N),
+                                 PATTERN_BLOCK)  # fmt: skip
+            dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, stride_ks, stride_vs,
+                           head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, keep, BLOCK_N, BLOCK_D, BLOCK_DV,
+                           True, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION, UPCAST, True)  # fmt: skip
+        for i in tl.range(begin + n_masked, begin + n_masked + n_full):
+            dq = _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, tl.load(TILE_START + i), seqlen_k,
+                           stride_ks, stride_vs, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap, None,
+                           BLOCK_N, BLOCK_D, BLOCK_DV, False, HAS_LO, HAS_HI, HAS_SOFTCAP, TILES, DOT_PRECISION,
+                           UPCAST, False)  # fmt: skip
     else:
         for part in tl.static_range(3):
             lo_n, hi_n = _part(part, first, full_first, full_last, last)

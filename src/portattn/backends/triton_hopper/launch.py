@@ -291,7 +291,7 @@ def forward(
         _forward_gluon(call, q, k, v, out, lse)
         return out, lse
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
-                       fp32=call.dtype == torch.float32, loop_len=call.seqlen_k)  # fmt: skip
+                       fp32=call.dtype == torch.float32, loop_len=call.seqlen_k, pattern=_is_pattern(call))  # fmt: skip
     sparse, intervals = {}, (lse, lse, lse, lse)
     if _is_interval(call):
         sparse = dict(INTERVAL=True)
@@ -300,9 +300,9 @@ def forward(
         block = call.sparsity.block
         cfg = cfg._replace(block_m=min(cfg.block_m, block), block_n=min(cfg.block_n, block))
         sparse = dict(SPARSE=True, PATTERN_BLOCK=block)
-    lists = (lse, lse, lse, lse, lse, 0)
+    lists = (lse, lse, lse, lse, lse)
     if "SPARSE" in sparse:
-        lists = _with_order(_sparse_lists(call, q.device)[0], _heaviest_first(call, "q", cfg.block_m, q.device))
+        lists = _pattern_walk(call, "q", cfg.block_m, cfg.block_n, q.device)
     needs_tma = _needs_tma(call, cap)
     tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
     if needs_tma and call.seqlen_k > 0 and tiles == POINTER:
@@ -326,6 +326,11 @@ _INT32_MAX = 2**31 - 1
 
 def _is_interval(call: AttentionCall) -> bool:
     return call.sparsity is not None and call.sparsity.kind == "interval"
+
+
+def _is_pattern(call: AttentionCall) -> bool:
+    """A block-sparse pattern, walked through its lists (``_pattern_walk``)."""
+    return call.sparsity is not None and not _is_interval(call)
 
 
 def _interval_operands(call: AttentionCall, spans: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -387,12 +392,10 @@ def _interval_row_spans(mask, block_m: int, block_n: int) -> torch.Tensor:
     return _aligned_spans(start, end, full_start, full_end, block_m).view(b * hq * blocks, 4)
 
 
-def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
-    """A block pattern's lists on the device, as the kernels take them: ``(KV_COUNT, KV_INDEX, KV_MASK,
-    MASKS, kv_width)`` for the forward and dQ walks, ``(Q_COUNT, Q_INDEX, Q_MASK, MASKS, q_width)`` for
-    the dK/dV walk. ``KV_MASK[m, t]`` numbers the partial tiles, whose element masks are ``MASKS`` uint8
-    ``(partial tiles, block, block)`` (zero past the lengths); -1 for full ones; ``Q_MASK[n, t]`` the
-    same tile's number. Cached per pattern and lengths."""
+def _pattern_tiles(call: AttentionCall, device: torch.device) -> tuple:
+    """A block pattern's ``BlockLists`` (on the host), the number of each partial tile, int32 ``(query
+    blocks, key blocks)`` (-1 for full and empty ones), and the partial tiles' element masks on the
+    device, uint8 ``(partial tiles, block, block)`` (zero past the lengths). Cached per pattern and lengths."""
     pattern, sq, sk = call.sparsity, call.seqlen_q, call.seqlen_k
     key = (pattern.cache_key, sq, sk, device)
     hit = _sparse_cache.get(key)
@@ -401,71 +404,78 @@ def _sparse_lists(call: AttentionCall, device: torch.device) -> tuple:
     lists = pattern.block_lists(sq, sk)
     block = lists.block
     partial = (lists.kv_index >= 0) & ~lists.kv_full
-    mask_id = torch.full(lists.kv_index.shape, -1, dtype=torch.int32)
-    mask_id[partial] = torch.arange(int(partial.sum()), dtype=torch.int32)
+    number = torch.full((lists.kv_count.numel(), lists.q_count.numel()), -1, dtype=torch.int32)
     masks = torch.zeros(max(int(partial.sum()), 1), block, block, dtype=torch.uint8)
     for i, (m, t) in enumerate(partial.nonzero().tolist()):
         n = int(lists.kv_index[m, t])
+        number[m, n] = i
         q0, k0 = m * block, n * block
         q1, k1 = min(q0 + block, sq), min(k0 + block, sk)
         tile = pattern.tile_mask(call.batch, call.heads_q, sq, sk, (q0, q1), (k0, k1), torch.device("cpu"))
         masks[i, : q1 - q0, : k1 - k0] = 1 if tile is None else tile[0, 0].to(torch.uint8)
-    # the transposed lists name each partial tile by the same number
-    by_block = torch.full((lists.kv_count.numel(), lists.q_count.numel()), -1, dtype=torch.int32)
-    rows = torch.arange(lists.kv_index.shape[0])[:, None].expand_as(lists.kv_index)
-    taken = lists.kv_index >= 0
-    by_block[rows[taken], lists.kv_index[taken].long()] = mask_id[taken]
-    cols = torch.arange(lists.q_index.shape[0])[:, None].expand_as(lists.q_index)
-    q_mask = torch.full(lists.q_index.shape, -1, dtype=torch.int32)
-    q_taken = lists.q_index >= 0
-    q_mask[q_taken] = by_block[lists.q_index[q_taken].long(), cols[q_taken]]
-    masks = masks.to(device)
-    kv = (lists.kv_count.to(device), lists.kv_index.to(device).contiguous(), mask_id.to(device), masks,
-          lists.kv_index.shape[1])  # fmt: skip
-    q = (lists.q_count.to(device), lists.q_index.to(device).contiguous(), q_mask.to(device), masks,
-         lists.q_index.shape[1])  # fmt: skip
     if len(_sparse_cache) >= _CACHE_LIMIT:
         _sparse_cache.clear()
-    _sparse_cache[key] = (kv, q)
-    return kv, q
+    _sparse_cache[key] = (lists, number, masks.to(device))
+    return _sparse_cache[key]
 
 
-_order_cache: dict[tuple, torch.Tensor] = {}
+_walk_cache: dict[tuple, tuple] = {}
 
 
-def _heaviest_first(call: AttentionCall, axis: str, block: int, device: torch.device) -> torch.Tensor:
-    """int32 ``(programs,)``: a pattern walk's programs, blocks of ``block`` queries (``axis`` "q": the
-    forward's and dQ's) or keys ("k": dK/dV's), ordered by how many pattern tiles they visit under the
-    call's band, most first, ties in place (``kernels._heaviest_first`` launches them in that order)."""
-    pattern, sq, sk = call.sparsity, call.seqlen_q, call.seqlen_k
-    key = (pattern.cache_key, sq, sk, call.band, axis, block, device)
-    hit = _order_cache.get(key)
+def _pattern_walk(call: AttentionCall, axis: str, block: int, other_block: int, device: torch.device) -> tuple:
+    """A block pattern's walk as the kernels take it: ``(WALK, TILE_START, TILE_MASK, MASKS, ORDER)``.
+
+    Programs are blocks of ``block`` queries (``axis`` "q": the forward's and dQ's) or keys ("k": dK/dV's);
+    each visits the tiles of ``other_block`` keys (or queries) of its pattern block's visible tiles that
+    meet the call's band. ``WALK`` int32 ``(programs, 3)``: (first entry, tiles that need a mask, tiles
+    that do not); ``TILE_START`` int32: each tile's first key (or query), a program's masked tiles
+    first, in increasing order; ``TILE_MASK`` int32: its partial pattern tile's number in ``MASKS``, -1
+    where only the band or the length masks it; ``ORDER``: the programs by tiles visited, most first,
+    ties in place (``kernels._heaviest_first`` launches them in that order). Cached per call signature."""
+    key = (call.sparsity.cache_key, call.seqlen_q, call.seqlen_k, call.band, axis, block, other_block, device)
+    hit = _walk_cache.get(key)
     if hit is not None:
         return hit
-    lists = pattern.block_lists(sq, sk)
+    lists, number, masks = _pattern_tiles(call, device)
     lo, hi = call.band  # lo <= key - query <= hi
     if axis == "q":
-        index, length, other = lists.kv_index, sq, sk
+        index, length, other = lists.kv_index, call.seqlen_q, call.seqlen_k
     else:  # the rows that see keys c: c - hi <= row <= c - lo
-        index, length, other = lists.q_index, sk, sq
+        index, length, other, number = lists.q_index, call.seqlen_k, call.seqlen_q, number.t()
         lo, hi = (None if hi is None else -hi), (None if lo is None else -lo)
     start = torch.arange(0, length, block)
     end = torch.clamp(start + block, max=length)
     first = torch.zeros_like(start) if lo is None else (start + lo).clamp_min(0)
     last = torch.full_like(start, other) if hi is None else torch.clamp(end + hi, max=other)
-    entries = index[start // lists.block].long()  # (programs, width), -1 past the list
-    seen = (entries >= 0) & (entries * lists.block < last[:, None]) & ((entries + 1) * lists.block > first[:, None])
-    order = torch.sort(-seen.sum(1), stable=True).indices.to(torch.int32).to(device)
-    if len(_order_cache) >= _CACHE_LIMIT:
-        _order_cache.clear()
-    _order_cache[key] = order
-    return order
-
-
-def _with_order(lists: tuple, order: torch.Tensor) -> tuple:
-    """A pattern's lists from ``_sparse_lists`` with the walk's program order, as the kernels take them:
-    ``(COUNT, INDEX, MASK, MASKS, ORDER, width)``."""
-    return (*lists[:4], order, lists[4])
+    # the band needs no mask on tiles inside [full_lo, full_hi): every row sees every key there
+    full_lo = torch.zeros_like(start) if lo is None else end - 1 + lo
+    full_hi = last if hi is None else torch.minimum(start + hi + 1, last)
+    blocks = start // lists.block
+    entries = index[blocks].long()  # (programs, width), -1 past the list
+    tile_no = torch.where(entries >= 0, number[blocks[:, None], entries.clamp_min(0)], -1)
+    subs = torch.arange(0, lists.block, other_block)
+    tile0 = (entries[:, :, None] * lists.block + subs).flatten(1)  # (programs, width * subs)
+    tile_no = tile_no[:, :, None].expand(-1, -1, len(subs)).flatten(1)
+    taken = (entries >= 0)[:, :, None].expand(-1, -1, len(subs)).flatten(1)
+    visible = taken & (tile0 + other_block > first[:, None]) & (tile0 < last[:, None])
+    plain = (tile_no < 0) & (tile0 >= full_lo[:, None]) & (tile0 + other_block <= full_hi[:, None])
+    kind = torch.where(visible, torch.where(plain, 1, 0), 2)  # masked, unmasked, not visited
+    kind, perm = torch.sort(kind, dim=1, stable=True)
+    n_masked, n_plain = (kind == 0).sum(1), (kind == 1).sum(1)
+    counts = n_masked + n_plain
+    walk = torch.stack((torch.cumsum(counts, 0) - counts, n_masked, n_plain), dim=1)
+    keep = kind < 2
+    tile_start = torch.gather(tile0, 1, perm)[keep]
+    tile_mask = torch.gather(tile_no, 1, perm)[keep]
+    if tile_start.numel() == 0:  # nothing visited: the kernels still take a pointer
+        tile_start, tile_mask = torch.zeros(1, dtype=torch.long), torch.full((1,), -1)
+    order = torch.sort(-counts, stable=True).indices
+    out = (*(t.to(torch.int32).contiguous().to(device) for t in (walk, tile_start, tile_mask)), masks,
+           order.to(torch.int32).to(device))  # fmt: skip
+    if len(_walk_cache) >= _CACHE_LIMIT:
+        _walk_cache.clear()
+    _walk_cache[key] = out
+    return out
 
 
 def _quantize_qkv(
@@ -595,7 +605,7 @@ def forward_fp8(
     common = _common(call)
     common.update(BLOCK_D=dp, UPCAST=interpreting(), DOT_PRECISION="tf32")
     kernels.attn_fwd[(triton.cdiv(sq, bm), b * hq)](
-        *operands, lse, qs, ks, vs, lse, lse, lse, lse, lse, 0, lse, lse, lse, lse, *_bsh(q8), *_bsh(k8), *_bsh(v8),
+        *operands, lse, qs, ks, vs, lse, lse, lse, lse, lse, lse, lse, lse, lse, *_bsh(q8), *_bsh(k8), *_bsh(v8),
         *_bsh(out),
         sq, call.seqlen_k, hq, call.head_dim if prequantized else dp, call.head_dim_v,
         BLOCK_M=bm, BLOCK_N=bn, WRITE_LSE=True, TILES=tiles, FP8=True, OUT_DTYPE=_TL_DTYPES[out_dtype],
@@ -641,7 +651,7 @@ def backward(
     cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common = plan
     d, dv_dim = call.head_dim, call.head_dim_v
     sparse = {}
-    kv_lists = q_lists = (lse, lse, lse, lse, lse, 0)
+    kv_lists = q_lists = (lse, lse, lse, lse, lse)
     kv_intervals = q_intervals = (lse, lse, lse, lse)
     if _is_interval(call):
         sparse = dict(INTERVAL=True)
@@ -649,9 +659,8 @@ def backward(
         kv_intervals = _interval_operands(call, _interval_row_spans(call.sparsity, kv_cfg.block_m, kv_cfg.block_n))
     elif call.sparsity is not None:
         sparse = dict(SPARSE=True, PATTERN_BLOCK=call.sparsity.block)
-        kv_lists, q_lists = _sparse_lists(call, q.device)
-        kv_lists = _with_order(kv_lists, _heaviest_first(call, "q", cfg.block_m, q.device))
-        q_lists = _with_order(q_lists, _heaviest_first(call, "k", kv_cfg.block_n, q.device))
+        kv_lists = _pattern_walk(call, "q", cfg.block_m, cfg.block_n, q.device)
+        q_lists = _pattern_walk(call, "k", kv_cfg.block_n, kv_cfg.block_m, q.device)
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
     direct.launch(
         kernels.attn_bwd_delta, (triton.cdiv(sq, cfg.block_m), b * hq), key,
@@ -693,11 +702,11 @@ _bwd_plans: dict[tuple, tuple] = {}
 def _backward_plan(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, out, dout, dq, dk, dv) -> tuple:
     """The backward's configs and tile modes for one call signature (``key`` in ``backward``)."""
     needs_tma = _needs_tma(call, cap)
-    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32}
+    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32, "pattern": _is_pattern(call)}
     dim = max(call.head_dim, call.head_dim_v)
     cfg = configs.pick("dq", dim, cap, loop_len=call.seqlen_k, **tuning)
     kv_cfg = configs.pick("dkdv", dim, cap, loop_len=call.seqlen_q, **tuning)
-    if call.sparsity is not None and not _is_interval(call):  # tiles no larger than the pattern's blocks
+    if _is_pattern(call):  # tiles no larger than the pattern's blocks
         block = call.sparsity.block
         cfg, kv_cfg = (c._replace(block_m=min(c.block_m, block), block_n=min(c.block_n, block)) for c in (cfg, kv_cfg))
     kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
