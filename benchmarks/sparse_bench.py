@@ -23,17 +23,29 @@ import portattn
 from portattn import sparse
 
 
-def main() -> None:
+def grid_parser() -> argparse.ArgumentParser:
+    """The grid's options (also ``sparse_sweep.py``'s)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--seqlen", type=int, default=16384)
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--mode", default="fwd,fwdbwd")
     ap.add_argument("--json")
+    return ap
+
+
+def grid_inputs(args: argparse.Namespace) -> tuple[torch.Tensor, ...]:
+    """``q, k, v, dout``: bf16 ``(1, seqlen, heads, head_dim)``, standard normal, seeded."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    shape = (1, args.seqlen, args.heads, args.head_dim)
+    return tuple(torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+
+
+def main() -> None:
+    ap = grid_parser()
+    ap.add_argument("--mode", default="fwd,fwdbwd")
     args = ap.parse_args()
     s, h, d = args.seqlen, args.heads, args.head_dim
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, dout = (torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    q, k, v, dout = grid_inputs(args)
     flex = torch.compile(flex_attention)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # Flex's (batch, heads, seqlen, dim)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]

@@ -10,11 +10,11 @@ checked against the defaults' output (``diff``: max abs difference). Median of `
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
 import triton.testing
+from sparse_bench import grid_inputs, grid_parser  # this folder is on the path when run as a script
 
 import portattn
 from portattn import sparse
@@ -31,17 +31,12 @@ CANDIDATES = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seqlen", type=int, default=16384)
-    ap.add_argument("--heads", type=int, default=16)
-    ap.add_argument("--head-dim", type=int, default=128)
+    ap = grid_parser()
     ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--json")
     args = ap.parse_args()
     s, h, d = args.seqlen, args.heads, args.head_dim
     pattern = sparse.bigbird(512, 128, 0)
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, dout = (torch.randn(1, s, h, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(4))
+    q, k, v, dout = grid_inputs(args)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
 
     def forward():
