@@ -171,22 +171,25 @@ def pick(
     causal: bool = False,
     fp32: bool = False,
     loop_len: int = 0,
-    pattern: bool = False,
+    pattern_block: int = 0,
 ) -> Config:
     """The config for one launch; ``capability`` None means the interpreter. ``loop_len``: the length
-    of the kernel's inner loop (keys for fwd and dq, queries for dkdv); ``pattern``: the kernel walks a
-    block-sparse pattern's lists."""
+    of the kernel's inner loop (keys for fwd and dq, queries for dkdv); ``pattern_block``: the block of
+    the block-sparse pattern the kernel walks (0: none), which the tiles must divide."""
     if kernel in OVERRIDE:
-        return OVERRIDE[kernel]
-    if capability is None:
-        return INTERPRETER
-    if capability < (9, 0):
-        cfg = SM80[(kernel, bucket(head_dim))]
-    elif pattern and (kernel, bucket(head_dim)) in SM90_PATTERN:
-        cfg = SM90_PATTERN[(kernel, bucket(head_dim))]
+        cfg = OVERRIDE[kernel]
+    elif capability is None:
+        cfg = INTERPRETER
     else:
-        key = (kernel, bucket(head_dim), causal)
-        cfg = SM90_SHORT.get(key, SM90[key]) if loop_len <= SHORT else SM90[key]
-    if fp32:  # twice the bytes per element: halve the key tile and the pipeline depth
-        cfg = cfg._replace(block_n=max(16, cfg.block_n // 2), num_stages=max(1, cfg.num_stages - 1))
+        if capability < (9, 0):
+            cfg = SM80[(kernel, bucket(head_dim))]
+        elif pattern_block and (kernel, bucket(head_dim)) in SM90_PATTERN:
+            cfg = SM90_PATTERN[(kernel, bucket(head_dim))]
+        else:
+            key = (kernel, bucket(head_dim), causal)
+            cfg = SM90_SHORT.get(key, SM90[key]) if loop_len <= SHORT else SM90[key]
+        if fp32:  # twice the bytes per element: halve the key tile and the pipeline depth
+            cfg = cfg._replace(block_n=max(16, cfg.block_n // 2), num_stages=max(1, cfg.num_stages - 1))
+    if pattern_block:  # powers of two: a tile no larger than the pattern's blocks divides them
+        cfg = cfg._replace(block_m=min(cfg.block_m, pattern_block), block_n=min(cfg.block_n, pattern_block))
     return cfg

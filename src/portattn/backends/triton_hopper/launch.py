@@ -291,17 +291,14 @@ def forward(
         _forward_gluon(call, q, k, v, out, lse)
         return out, lse
     cfg = configs.pick("fwd", max(call.head_dim, call.head_dim_v), cap, causal=call.band[1] is not None,
-                       fp32=call.dtype == torch.float32, loop_len=call.seqlen_k, pattern=_is_pattern(call))  # fmt: skip
-    sparse, intervals = {}, (lse, lse, lse, lse)
+                       fp32=call.dtype == torch.float32, loop_len=call.seqlen_k,
+                       pattern_block=_pattern_block(call))  # fmt: skip
+    sparse, intervals, lists = {}, (lse, lse, lse, lse), (lse, lse, lse, lse, lse)
     if _is_interval(call):
         sparse = dict(INTERVAL=True)
         intervals = _interval_operands(call, _interval_spans(call.sparsity, cfg.block_m, cfg.block_n))
-    elif call.sparsity is not None:  # tiles no larger than the pattern's blocks, which they divide
-        block = call.sparsity.block
-        cfg = cfg._replace(block_m=min(cfg.block_m, block), block_n=min(cfg.block_n, block))
-        sparse = dict(SPARSE=True, PATTERN_BLOCK=block)
-    lists = (lse, lse, lse, lse, lse)
-    if "SPARSE" in sparse:
+    elif _pattern_block(call):
+        sparse = dict(SPARSE=True, PATTERN_BLOCK=call.sparsity.block)
         lists = _pattern_walk(call, "q", cfg.block_m, cfg.block_n, q.device)
     needs_tma = _needs_tma(call, cap)
     tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, out) if call.seqlen_k > 0 else POINTER
@@ -328,9 +325,9 @@ def _is_interval(call: AttentionCall) -> bool:
     return call.sparsity is not None and call.sparsity.kind == "interval"
 
 
-def _is_pattern(call: AttentionCall) -> bool:
-    """A block-sparse pattern, walked through its lists (``_pattern_walk``)."""
-    return call.sparsity is not None and not _is_interval(call)
+def _pattern_block(call: AttentionCall) -> int:
+    """The block of the call's block-sparse pattern, walked through its lists (``_pattern_walk``); 0 if none."""
+    return call.sparsity.block if call.sparsity is not None and not _is_interval(call) else 0
 
 
 def _interval_operands(call: AttentionCall, spans: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -657,7 +654,7 @@ def backward(
         sparse = dict(INTERVAL=True)
         q_intervals = _interval_operands(call, _interval_spans(call.sparsity, cfg.block_m, cfg.block_n))
         kv_intervals = _interval_operands(call, _interval_row_spans(call.sparsity, kv_cfg.block_m, kv_cfg.block_n))
-    elif call.sparsity is not None:
+    elif _pattern_block(call):
         sparse = dict(SPARSE=True, PATTERN_BLOCK=call.sparsity.block)
         kv_lists = _pattern_walk(call, "q", cfg.block_m, cfg.block_n, q.device)
         q_lists = _pattern_walk(call, "k", kv_cfg.block_n, kv_cfg.block_m, q.device)
@@ -702,13 +699,11 @@ _bwd_plans: dict[tuple, tuple] = {}
 def _backward_plan(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, out, dout, dq, dk, dv) -> tuple:
     """The backward's configs and tile modes for one call signature (``key`` in ``backward``)."""
     needs_tma = _needs_tma(call, cap)
-    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32, "pattern": _is_pattern(call)}
+    tuning = {"causal": call.band[1] is not None, "fp32": call.dtype == torch.float32,
+              "pattern_block": _pattern_block(call)}  # fmt: skip
     dim = max(call.head_dim, call.head_dim_v)
     cfg = configs.pick("dq", dim, cap, loop_len=call.seqlen_k, **tuning)
     kv_cfg = configs.pick("dkdv", dim, cap, loop_len=call.seqlen_q, **tuning)
-    if _is_pattern(call):  # tiles no larger than the pattern's blocks
-        block = call.sparsity.block
-        cfg, kv_cfg = (c._replace(block_m=min(c.block_m, block), block_n=min(c.block_n, block)) for c in (cfg, kv_cfg))
     kv_tiles = _tiles(cap, kv_cfg.tma or needs_tma, q, k, v, dout, dk, dv)
     q_tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, dout, dq)
     if needs_tma and POINTER in (kv_tiles, q_tiles):
