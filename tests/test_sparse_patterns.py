@@ -201,12 +201,12 @@ def test_pattern_walks_list_exactly_the_visible_tiles(causal):
     call = portattn.explain(q, k, k, causal=causal, sparsity=pattern, quiet=True).call
     lo, hi = call.band
     rel = torch.arange(sk)[None, :] - torch.arange(sq)[:, None]
-    allowed = pattern.allowed_mask(1, 1, sq, sk, torch.device("cpu"))[0, 0].clone()
+    element = pattern.allowed_mask(1, 1, sq, sk, torch.device("cpu"))[0, 0]
+    allowed = element.clone()
     if lo is not None:
         allowed &= rel >= lo
     if hi is not None:
         allowed &= rel <= hi
-    element = pattern.allowed_mask(1, 1, sq, sk, torch.device("cpu"))[0, 0]
     plain_seen = masked_seen = 0
     for axis, block, other_block in (("q", 16, 32), ("q", 32, 16), ("k", 16, 32), ("k", 32, 16)):
         walk, starts, numbers, masks, order = launch._pattern_walk(call, axis, block, other_block, torch.device("cpu"))

@@ -93,9 +93,10 @@ def entries() -> list[Entry]:
     return found
 
 
-def summary() -> str:
-    """One line for ``portattn info``: where the cache is, what it holds, what first calls cost."""
-    found = entries()
+def summary(found: list[Entry] | None = None) -> str:
+    """One line for ``portattn info``: where the cache is, what it holds (``found``, else read from the
+    cache), what first calls cost."""
+    found = entries() if found is None else found
     where = f"CUDA kernel cache: {cache_dir()} (set {CACHE_ENV} to move it)"
     if not found:
         return f"{where}: empty; a CuPy backend's first call compiles each kernel it needs (seconds each)"

@@ -34,14 +34,15 @@ def collect() -> dict[str, object]:
         "pluggy": _version("pluggy"),
     }
     versions.update({name: _version(name) for name in OPTIONAL if _version(name)})
+    cached = _kernel_cache.entries()
     return {
         "versions": versions,
         "devices": describe_devices(),
         "backends": [r.as_dict() for r in portattn.list_backends()],
         "kernel_cache": {
             "dir": str(_kernel_cache.cache_dir()),
-            "summary": _kernel_cache.summary(),
-            "entries": [e._asdict() for e in _kernel_cache.entries()],
+            "summary": _kernel_cache.summary(cached),
+            "entries": [e._asdict() for e in cached],
         },
     }
 

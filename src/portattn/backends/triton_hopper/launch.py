@@ -317,7 +317,7 @@ def forward(
     return out, lse
 
 
-_sparse_cache: dict[tuple, tuple] = {}
+_pattern_tiles_cache: dict[tuple, tuple] = {}
 _INT32_MAX = 2**31 - 1
 
 
@@ -395,7 +395,7 @@ def _pattern_tiles(call: AttentionCall, device: torch.device) -> tuple:
     device, uint8 ``(partial tiles, block, block)`` (zero past the lengths). Cached per pattern and lengths."""
     pattern, sq, sk = call.sparsity, call.seqlen_q, call.seqlen_k
     key = (pattern.cache_key, sq, sk, device)
-    hit = _sparse_cache.get(key)
+    hit = _pattern_tiles_cache.get(key)
     if hit is not None:
         return hit
     lists = pattern.block_lists(sq, sk)
@@ -410,10 +410,10 @@ def _pattern_tiles(call: AttentionCall, device: torch.device) -> tuple:
         q1, k1 = min(q0 + block, sq), min(k0 + block, sk)
         tile = pattern.tile_mask(call.batch, call.heads_q, sq, sk, (q0, q1), (k0, k1), torch.device("cpu"))
         masks[i, : q1 - q0, : k1 - k0] = 1 if tile is None else tile[0, 0].to(torch.uint8)
-    if len(_sparse_cache) >= _CACHE_LIMIT:
-        _sparse_cache.clear()
-    _sparse_cache[key] = (lists, number, masks.to(device))
-    return _sparse_cache[key]
+    if len(_pattern_tiles_cache) >= _CACHE_LIMIT:
+        _pattern_tiles_cache.clear()
+    _pattern_tiles_cache[key] = (lists, number, masks.to(device))
+    return _pattern_tiles_cache[key]
 
 
 _walk_cache: dict[tuple, tuple] = {}
