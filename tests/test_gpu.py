@@ -128,6 +128,9 @@ GLUON_CASES = [
     Case(batch=3, seqlen_q=129, seqlen_k=65, heads_q=6, heads_kv=3, head_dim=64),
     Case(batch=1, seqlen_q=1, seqlen_k=5, heads_q=2, heads_kv=1, head_dim=128, causal=True),
     Case(batch=1, seqlen_q=300, seqlen_k=17, heads_q=4, heads_kv=4, head_dim=128, causal=True),
+    # persistent programs take 3-4 tiles each: Q's two buffers per consumer wrap round (d=64)
+    Case(batch=4, seqlen_q=1000, seqlen_k=1000, heads_q=16, heads_kv=4, head_dim=64),
+    Case(batch=4, seqlen_q=1000, seqlen_k=1000, heads_q=16, heads_kv=16, head_dim=64, causal=True),
 ]
 GLUON_MATRIX = [(c, torch.bfloat16) for c in GLUON_CASES] + [(c, torch.float16) for c in GLUON_CASES[::3]]
 
@@ -152,7 +155,7 @@ def test_gluon_forward_on_gpu(case, dtype, monkeypatch):
 # some consumers have no rows); 3 consumers at d=64 only
 GLUON_VARIANTS = [
     (case, variant)
-    for case in GLUON_CASES[1:5]
+    for case in GLUON_CASES[1:5] + GLUON_CASES[-2:]
     for variant in [(True, False, 2), (True, True, 2), (False, True, 2), (False, False, 3), (False, True, 3)]
     if variant[2] == 2 or case.head_dim == 64
 ]

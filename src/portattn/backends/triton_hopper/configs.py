@@ -101,12 +101,13 @@ class WsConfig(NamedTuple):
 _W2, _W3 = WsConfig(64, 128, 3, 240), WsConfig(64, 128, 3, 160, consumers=3)
 SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
     (64, False): [
-        (1024, _W2._replace(persistent=True)),  # 413 against 407 with 3 consumers (2026-11-24, early Q release)
+        (1024, _W2._replace(persistent=True)),  # 434; 419 with 3 consumers (Q double-buffered, 2026-11-24g)
         (4096, _W3._replace(persistent=True)),  # 523
         (None, _W3),  # 565
     ],
     (64, True): [
-        (1024, _W2._replace(stages=4, persistent=True)),  # 299; 287 with 3 stages (h100_tune_fwdws_wide_2026-11-24b)
+        # 307-309 against 303 without ping-pong, with Q double-buffered (h100_tune_fwdws_qbuf_2026-11-24g)
+        (1024, _W2._replace(stages=4, pingpong=True, persistent=True)),
         (4096, _W3._replace(persistent=True)),  # 414
         (None, _W3),  # 493
     ],

@@ -98,7 +98,9 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr,
             FP8: gl.constexpr):  # fmt: skip
     """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
-    buffer), then K and V block by block into the ring."""
+    buffer), then K and V block by block into the ring. With two Q buffers per consumer the wait is
+    for the tile before the last, so the ring stays full across tile boundaries."""
+    Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     slot = 0  # ring slots filled so far
     n_done = 0  # tiles loaded so far
     for k in range(gl.cdiv(n_tiles, gl.num_programs(0))):
@@ -106,10 +108,11 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar
         if t < n_tiles:
             m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
             for c in gl.static_range(CONSUMERS):
+                qb = (n_done % Q_BUFS) * CONSUMERS + c
                 # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
-                mbarrier.wait(q_free.index(c), (n_done & 1) ^ 1)
-                mbarrier.expect(q_bar.index(c), q_desc.block_type.nbytes)
-                _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(c), q_smem.index(c))
+                mbarrier.wait(q_free.index(qb), ((n_done // Q_BUFS) & 1) ^ 1)
+                mbarrier.expect(q_bar.index(qb), q_desc.block_type.nbytes)
+                _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(qb), q_smem.index(qb))
             last_row0 = _last_row0(m0, seqlen_q, BLOCK_M, CONSUMERS)
             n_blocks, _ = _key_blocks(last_row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
             for i in range(n_blocks):
@@ -304,7 +307,7 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
     (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr,
      ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
      kv_blocks) = shared  # fmt: skip
-    q = q_smem.index(c).reshape([BLOCK_M, HEAD_D])
+    Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     o_buf = o_smem.index(c)
     slot = 0
     turns = 0
@@ -313,15 +316,17 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
         t = _round_tile(k)
         if t < n_tiles:
             m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
-            mbarrier.wait(q_bar.index(c), n_done & 1)
-            slot, turns = _consumer_tile(c, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free.index(c), k_smem,
+            qb = (n_done % Q_BUFS) * CONSUMERS + c
+            q = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
+            mbarrier.wait(q_bar.index(qb), (n_done // Q_BUFS) & 1)
+            slot, turns = _consumer_tile(c, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free.index(qb), k_smem,
                                           v_smem, o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr,
                                           vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, q_blocks, kv_blocks,
                                           GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
                                           O_APART, FP8)  # fmt: skip
             if not O_APART:
                 tma.store_wait(0)
-                mbarrier.arrive(q_free.index(c), count=1)  # the loader may bring the next tile's Q
+                mbarrier.arrive(q_free.index(qb), count=1)  # the loader may bring the next tile's Q
             n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
     tma.store_wait(0)  # the buffer must outlive the last store
 
@@ -343,24 +348,29 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused."""
     gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
     dtype: gl.constexpr = q_desc.dtype
-    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     # the output gets staging buffers of its own where shared memory has room (d=64; FP8, whose Q
     # buffers are too narrow for it), so that Q's can take the next tile's Q early; else Q's stage it
     ROW_BYTES: gl.constexpr = HEAD_D * dtype.primitive_bitwidth // 8
     O_APART: gl.constexpr = FP8 | ((2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES <= 200 * 1024)
+    # and, where it still has room, Q two buffers per consumer: the loader need not wait at a tile's
+    # start for the consumers to release the last tile's Q (d=64; FP8 at d<=128)
+    O_BYTES: gl.constexpr = CONSUMERS * BLOCK_M * HEAD_D * o_desc.dtype.primitive_bitwidth // 8
+    Q_BUFS: gl.constexpr = 1 + (O_APART & ((2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES + O_BYTES
+                                           <= 200 * 1024))  # fmt: skip
+    q_smem = gl.allocate_shared_memory(dtype, [Q_BUFS * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     if O_APART:
         o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
     else:
         o_smem = q_smem
-    q_bar = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
-    q_free = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_bar = gl.allocate_shared_memory(gl.int64, [Q_BUFS * CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [Q_BUFS * CONSUMERS, 1], mbarrier.MBarrierLayout())
     turn_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for c in gl.static_range(CONSUMERS):
+    for c in gl.static_range(Q_BUFS * CONSUMERS):
         mbarrier.init(q_bar.index(c), count=1)
         mbarrier.init(q_free.index(c), count=1)
     for c in gl.static_range(2):
