@@ -4,14 +4,17 @@ Plain Triton cannot say who waits for what; Gluon can. A tile is ``CONSUMERS * B
 of one (batch, query head). A program runs one tile per round of ``nprog`` tiles (one tile when the grid
 covers them all; persistent when it has one program per SM) with three partitions:
 
-- a loader warp issues the TMA loads of Q (one part per consumer) and of K and V into a ring of
+- a loader warp issues the TMA loads of Q (one part per consumer, two buffers each where shared memory
+  has room, so the ring does not drain while a consumer finishes a tile) and of K and V into a ring of
   ``STAGES`` buffers, each guarded by a "ready" mbarrier per operand and an "empty" mbarrier that
   every consumer arrives on when it is done with the buffer; a persistent program's loader runs ahead
   into the next tile while the consumers finish this one;
 - two or three consumer warpgroups, ``BLOCK_M`` query rows each, run the asynchronous ``wgmma`` GEMMs
   and the online softmax. Inside a consumer, the GEMMs overlap the softmax: ``S = Q K_j^T`` and
   ``O += P_{j-1} V_{j-1}`` are issued together, the softmax of block ``j`` runs as soon as ``S``
-  lands, while ``P V`` is still in flight. With ``PINGPONG`` two consumers take turns at issuing GEMMs, so
+  lands, while ``P V`` is still in flight (in the source: ptxas 13.4 schedules the wait for ``P V``
+  above the softmax, and forcing it below measured slower; ``benchmarks/gluon_sass.py``, RESULTS.md).
+  With ``PINGPONG`` two consumers take turns at issuing GEMMs, so
   that one's softmax runs while the other's GEMMs hold the tensor cores (FlashAttention-3's
   inter-warpgroup schedule); without it they drift apart on their own.
 
