@@ -356,12 +356,12 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     # the output gets staging buffers of its own where shared memory has room (d=64; FP8, whose Q
     # buffers are too narrow for it), so that Q's can take the next tile's Q early; else Q's stage it
     ROW_BYTES: gl.constexpr = HEAD_D * dtype.primitive_bitwidth // 8
-    O_APART: gl.constexpr = FP8 | ((2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES <= 200 * 1024)
+    QQKV_BYTES: gl.constexpr = (2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES  # two Q sets, the ring
+    O_APART: gl.constexpr = FP8 | (QQKV_BYTES <= 200 * 1024)
     # and, where it still has room, Q two buffers per consumer: the loader need not wait at a tile's
     # start for the consumers to release the last tile's Q (d=64; FP8 at d<=128)
     O_BYTES: gl.constexpr = CONSUMERS * BLOCK_M * HEAD_D * o_desc.dtype.primitive_bitwidth // 8
-    Q_BUFS: gl.constexpr = 1 + (O_APART & ((2 * CONSUMERS * BLOCK_M + 2 * STAGES * BLOCK_N) * ROW_BYTES + O_BYTES
-                                           <= 200 * 1024))  # fmt: skip
+    Q_BUFS: gl.constexpr = 1 + (O_APART & (QQKV_BYTES + O_BYTES <= 200 * 1024))
     q_smem = gl.allocate_shared_memory(dtype, [Q_BUFS * CONSUMERS] + q_desc.block_type.shape, q_desc.layout)
     if O_APART:
         o_smem = gl.allocate_shared_memory(o_desc.dtype, [CONSUMERS] + o_desc.block_type.shape, o_desc.layout)
