@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import triton
 
@@ -30,10 +31,10 @@ def main() -> None:
     head_dim = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     kernel = test_triton_gluon_compile._compile(head_dim, False, False, 2, regs=240)
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
-    path = f"/tmp/portattn_gluon_fwd_d{head_dim}.cubin"
-    with open(path, "wb") as f:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
-    sass = subprocess.run([nvdisasm, "-c", path], capture_output=True, text=True, check=True).stdout
+        f.flush()
+        sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
     previous, count = None, 0
     for line in sass.splitlines():
         match = MARKERS.search(line)
