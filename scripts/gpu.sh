@@ -41,7 +41,7 @@ if has memcheck && command -v compute-sanitizer >/dev/null; then
 fi
 if has fault; then
   echo "== pointer-path fault, one kernel at a time (see benchmarks/pointer_fault.py)"
-  for k in fwd delta dkdv dq; do
+  for k in fwd dq dkdv; do
     timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 $PY benchmarks/pointer_fault.py $k \
       >"$OUT/fault_$k.log" 2>&1; echo "$k: exit $? $(grep -m1 -E 'Invalid|ok$' "$OUT/fault_$k.log")"
   done

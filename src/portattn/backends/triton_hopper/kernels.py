@@ -656,19 +656,22 @@ def _dq_block(dq, q, do, lse, delta, k_head, v_head, offs_m, start_n, seqlen_k, 
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, WALK, TILE_START, TILE_MASK, MASKS, ORDER, Q_LO, Q_HI, K_CODE,
-                SPANS,
+def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, Out, DLSE, WALK, TILE_START, TILE_MASK, MASKS, ORDER, Q_LO, Q_HI,
+                K_CODE, SPANS,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
-                stride_dqb, stride_dqs, stride_dqh,
+                stride_dqb, stride_dqs, stride_dqh, stride_ob, stride_os, stride_oh,
                 seqlen_q, seqlen_k, heads_q, head_dim, head_dim_v, band_lo, band_hi, qk_scale, softcap,
                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                 BLOCK_DV: tl.constexpr, HAS_LO: tl.constexpr, HAS_HI: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                 TILES: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                 SPARSE: tl.constexpr = False, PATTERN_BLOCK: tl.constexpr = 128,
-                INTERVAL: tl.constexpr = False):  # fmt: skip
+                INTERVAL: tl.constexpr = False, MAKE_DELTA: tl.constexpr = False,
+                HAS_DLSE: tl.constexpr = False):  # fmt: skip
     """One program: ``BLOCK_M`` query rows of one (batch, query head). Grid and order as the forward's;
-    ``SPARSE`` and ``INTERVAL`` walk the pattern's lists or spans as the forward does."""
+    ``SPARSE`` and ``INTERVAL`` walk the pattern's lists or spans as the forward does. ``MAKE_DELTA``:
+    the program computes its rows' ``delta`` from ``Out``, ``dO`` (and ``DLSE``) and stores it for the
+    dK/dV kernel that runs next, which saves the delta pass's launch and its second read of dO."""
     start_m, bh, b, h, hk = _query_program(heads_q, ORDER, GROUP, BLOCK_M, HAS_HI, SPARSE)
     q_head = _head(Q, b, h, stride_qb, stride_qh, stride_qs, seqlen_q, head_dim, BLOCK_M, BLOCK_D, TILES)
     do_head = _head(DO, b, h, stride_dob, stride_doh, stride_dos, seqlen_q, head_dim_v, BLOCK_M, BLOCK_DV,
@@ -681,7 +684,12 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, WALK, TILE_START, TILE_MASK, MASKS,
     do = _tile(do_head, start_m, seqlen_q, stride_dos, head_dim_v, BLOCK_M, BLOCK_DV, TILES)
     lse = tl.load(LSE + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse) * 1.4426950408889634
-    delta = tl.load(DELTA + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
+    if MAKE_DELTA:
+        delta = _row_delta(Out, do, DLSE, b, h, bh, offs_m, stride_ob, stride_os, stride_oh, seqlen_q, head_dim_v,
+                           BLOCK_DV, HAS_DLSE)  # fmt: skip
+        tl.store(DELTA + bh * seqlen_q + offs_m, delta, mask=in_rows)
+    else:
+        delta = tl.load(DELTA + bh * seqlen_q + offs_m, mask=in_rows, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # padded keys are zero rows of K: they add nothing to dq, so only the band needs a mask
     first, full_first, full_last, last = _span(start_m, start_m + BLOCK_M, seqlen_k, band_lo, band_hi,
@@ -726,10 +734,25 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, WALK, TILE_START, TILE_MASK, MASKS,
 
 
 @triton.jit
+def _row_delta(Out, do, DLSE, b, h, bh, rows, stride_ob, stride_os, stride_oh, seqlen_q, head_dim_v,
+               BLOCK_DV: tl.constexpr, HAS_DLSE: tl.constexpr):  # fmt: skip
+    """``rowsum(dO * O) - dlse`` in float32 for ``rows`` of one (batch, query head); ``do`` ``(rows,
+    BLOCK_DV)`` is already loaded, zero past ``head_dim_v`` and ``seqlen_q``."""
+    cols = tl.arange(0, BLOCK_DV)
+    mask = (rows[:, None] < seqlen_q) & (cols[None, :] < head_dim_v)
+    o = tl.load(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + cols[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh * seqlen_q + rows, mask=rows < seqlen_q, other=0.0)
+    return delta
+
+
+@triton.jit
 def attn_bwd_delta(Out, DO, DLSE, DELTA, stride_ob, stride_os, stride_oh, stride_dob, stride_dos, stride_doh,
                    seqlen_q, heads_q, head_dim_v, BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
                    HAS_DLSE: tl.constexpr):  # fmt: skip
-    """``delta = rowsum(dO * O) - dlse`` in float32, ``(batch, heads_q, seqlen_q)``: one read of each."""
+    """``delta = rowsum(dO * O) - dlse`` in float32, ``(batch, heads_q, seqlen_q)``: one read of each.
+    Only dQ by atomics needs it as a pass of its own; else the dQ kernel makes it (``MAKE_DELTA``)."""
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     b = bh // heads_q
@@ -737,10 +760,8 @@ def attn_bwd_delta(Out, DO, DLSE, DELTA, stride_ob, stride_os, stride_oh, stride
     rows = start_m + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_DV)
     mask = (rows[:, None] < seqlen_q) & (cols[None, :] < head_dim_v)
-    o = tl.load(Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_os + cols[None, :], mask=mask, other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + rows[:, None] * stride_dos + cols[None, :], mask=mask,
                  other=0.0)  # fmt: skip
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    if HAS_DLSE:
-        delta -= tl.load(DLSE + bh * seqlen_q + rows, mask=rows < seqlen_q, other=0.0)
+    delta = _row_delta(Out, do, DLSE, b, h, bh, rows, stride_ob, stride_os, stride_oh, seqlen_q, head_dim_v, BLOCK_DV,
+                       HAS_DLSE)  # fmt: skip
     tl.store(DELTA + bh * seqlen_q + rows, delta, mask=rows < seqlen_q)

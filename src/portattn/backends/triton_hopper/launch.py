@@ -72,14 +72,25 @@ def _tiles(capability: tuple[int, int] | None, prefer_tma: bool, *tensors: torch
     return DEVICE_TMA if forced == "1" else HOST_TMA
 
 
-def _operands(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list:
+def _operands(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list | tuple:
     """Each ``(tensor, block rows, head dim)`` as the kernel takes it in this mode: the tensor, or a host
     descriptor over its ``(batch, seqlen, heads, dim)`` with a ``(1, rows, 1, padded dim)`` block."""
+    return _bind(tiles, _operand_templates(tiles, *specs), *(t for t, _, _ in specs))
+
+
+def _operand_templates(tiles: int, *specs: tuple[torch.Tensor, int, int]) -> list | None:
+    """``_operands``' descriptor templates, which a per-signature plan can keep (None: the mode takes
+    the tensors themselves)."""
+    return [_descriptor_template(t, rows, dim) for t, rows, dim in specs] if tiles == HOST_TMA else None
+
+
+def _bind(tiles: int, templates: list | None, *tensors: torch.Tensor) -> list | tuple:
+    """``_operands`` from the templates: each tensor, or its template copied onto its base."""
     if tiles == DEVICE_TMA:
         _ensure_allocator()
-    if tiles != HOST_TMA:
-        return [t for t, _, _ in specs]
-    return [_host_descriptor(t, rows, dim) for t, rows, dim in specs]
+    if templates is None:
+        return tensors
+    return [direct.rebased(d, t) for d, t in zip(templates, tensors, strict=True)]
 
 
 _CACHE_LIMIT = 4096  # entries in each per-signature cache (descriptor templates, plans)
@@ -87,8 +98,13 @@ _descriptor_templates: dict[tuple, object] = {}
 
 
 def _host_descriptor(t: torch.Tensor, rows: int, dim: int):
-    """A Triton host descriptor over ``t`` (TMA-aligned: the caller checked). Made and validated once
-    per (shape, strides, dtype, block); later calls copy that template onto the new base."""
+    """A Triton host descriptor over ``t`` (TMA-aligned: the caller checked)."""
+    return direct.rebased(_descriptor_template(t, rows, dim), t)
+
+
+def _descriptor_template(t: torch.Tensor, rows: int, dim: int):
+    """The host descriptor over ``t``'s shape and strides without a base: made and validated once per
+    (shape, strides, dtype, block); a call copies it onto its tensor (``direct.rebased``)."""
     key = (t.shape, t.stride(), t.dtype, rows, dim)
     template = _descriptor_templates.get(key)
     if template is None:
@@ -99,7 +115,7 @@ def _host_descriptor(t: torch.Tensor, rows: int, dim: int):
         if len(_descriptor_templates) >= _CACHE_LIMIT:
             _descriptor_templates.clear()
         _descriptor_templates[key] = template
-    return direct.rebased(template, t)
+    return template
 
 
 def _aligned_bases(*tensors: torch.Tensor) -> tuple[bool, ...]:
@@ -622,7 +638,8 @@ def backward(
     dout: torch.Tensor,
     dlse: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """FlashAttention-2 backward: a delta pass, a dK/dV kernel over key blocks, a dQ kernel over query blocks."""
+    """FlashAttention-2 backward: a dQ kernel over query blocks that also makes ``delta = rowsum(dO * O)``,
+    then a dK/dV kernel over key blocks (with dQ by atomics: a delta pass, then the dK/dV kernel)."""
     cap = _capability(q)
     needs_tma = _needs_tma(call, cap)
     prepare = _contiguous if needs_tma else _lastdim_contiguous
@@ -645,7 +662,8 @@ def backward(
         if len(_bwd_plans) >= _CACHE_LIMIT:
             _bwd_plans.clear()
         _bwd_plans[key] = plan
-    cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common = plan
+    cfg, kv_cfg, kv_tiles, q_tiles, atomic_dq, common, strides, q_templates, kv_templates = plan
+    q_s, k_s, v_s, o_s, do_s, dq_s, dk_s, dv_s = strides
     d, dv_dim = call.head_dim, call.head_dim_v
     sparse = {}
     kv_lists = q_lists = (lse, lse, lse, lse, lse)
@@ -659,37 +677,36 @@ def backward(
         kv_lists = _pattern_walk(call, "q", cfg.block_m, cfg.block_n, q.device)
         q_lists = _pattern_walk(call, "k", kv_cfg.block_n, kv_cfg.block_m, q.device)
     delta = torch.empty(b, hq, sq, dtype=torch.float32, device=q.device)
-    direct.launch(
-        kernels.attn_bwd_delta, (triton.cdiv(sq, cfg.block_m), b * hq), key,
-        out, dout, delta if dlse_arg is None else dlse_arg, delta, *_bsh(out), *_bsh(dout), sq, hq, dv_dim,
-        BLOCK_M=cfg.block_m, BLOCK_DV=common["BLOCK_DV"], HAS_DLSE=dlse_arg is not None,
-    )  # fmt: skip
+    dlse_ptr = delta if dlse_arg is None else dlse_arg
+    if atomic_dq:  # the dK/dV kernel makes dQ: delta needs a pass of its own before it
+        direct.launch(
+            kernels.attn_bwd_delta, (triton.cdiv(sq, cfg.block_m), b * hq), key,
+            out, dout, dlse_ptr, delta, *o_s, *do_s, sq, hq, dv_dim,
+            BLOCK_M=cfg.block_m, BLOCK_DV=common["BLOCK_DV"], HAS_DLSE=dlse_arg is not None,
+        )  # fmt: skip
+    else:  # dQ first: its programs also make delta, which the dK/dV kernel reads
+        bm, bn = cfg.block_m, cfg.block_n
+        q_o, k_o, v_o, do_o, dq_o = _bind(q_tiles, q_templates, q, k, v, dout, dq)
+        direct.launch(
+            kernels.attn_bwd_dq, (triton.cdiv(sq, bm), b * hq), key,
+            q_o, k_o, v_o, do_o, lse, delta, dq_o, out, dlse_ptr, *kv_lists, *q_intervals, *q_s, *k_s, *v_s, *do_s,
+            *dq_s, *o_s,
+            sq, sk, hq, d, dv_dim,
+            BLOCK_M=bm, BLOCK_N=bn, TILES=q_tiles, MAKE_DELTA=True, HAS_DLSE=dlse_arg is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **sparse,
+        )  # fmt: skip
     bm, bn = kv_cfg.block_m, kv_cfg.block_n
-    operands = _operands(kv_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
-    outputs = _operands(kv_tiles, (dk, bn, d), (dv, bn, dv_dim))
+    q_o, k_o, v_o, do_o, dk_o, dv_o = _bind(kv_tiles, kv_templates, q, k, v, dout, dk, dv)
     dq_acc = torch.zeros(b, hq, sq, common["BLOCK_D"], dtype=torch.float32, device=q.device) if atomic_dq else delta
     direct.launch(
         kernels.attn_bwd_dkdv, (triton.cdiv(sk, bn), b * hkv), key,
-        *operands, lse, delta, *outputs, dq_acc, *q_lists, *kv_intervals, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout),
-        *_bsh(dk),
-        *_bsh(dv), sq, sk, hkv, call.head_dim, call.head_dim_v,
+        q_o, k_o, v_o, do_o, lse, delta, dk_o, dv_o, dq_acc, *q_lists, *kv_intervals, *q_s, *k_s, *v_s, *do_s,
+        *dk_s, *dv_s, sq, sk, hkv, d, dv_dim,
         BLOCK_M=bm, BLOCK_N=bn, TILES=kv_tiles, ATOMIC_DQ=atomic_dq,
         num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages, **common, **sparse,
     )  # fmt: skip
     if atomic_dq:
         dq.copy_((dq_acc[..., : call.head_dim] * call.scale).transpose(1, 2))
-        return dq, dk, dv
-    bm, bn = cfg.block_m, cfg.block_n
-    operands = _operands(q_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim))
-    (dq_operand,) = _operands(q_tiles, (dq, bm, d))
-    direct.launch(
-        kernels.attn_bwd_dq, (triton.cdiv(sq, bm), b * hq), key,
-        *operands, lse, delta, dq_operand, *kv_lists, *q_intervals, *_bsh(q), *_bsh(k), *_bsh(v), *_bsh(dout),
-        *_bsh(dq),
-        sq, sk, hq, call.head_dim, call.head_dim_v,
-        BLOCK_M=bm, BLOCK_N=bn, TILES=q_tiles,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common, **sparse,
-    )  # fmt: skip
     return dq, dk, dv
 
 
@@ -708,4 +725,12 @@ def _backward_plan(call: AttentionCall, cap: tuple[int, int] | None, q, k, v, ou
     q_tiles = _tiles(cap, cfg.tma or needs_tma, q, k, v, dout, dq)
     if needs_tma and POINTER in (kv_tiles, q_tiles):
         raise RuntimeError(f"triton_hopper: {POINTER_PATH_HEAD_DIM_V}; inputs not TMA-compatible after a copy")
-    return cfg, kv_cfg, kv_tiles, q_tiles, _atomic_dq(), _common(call)
+    # fixed by the key, so taken once: the strides, and the descriptor templates of each launch
+    strides = tuple(_bsh(t) for t in (q, k, v, out, dout, dq, dk, dv))
+    d, dv_dim = call.head_dim, call.head_dim_v
+    bm, bn = cfg.block_m, cfg.block_n
+    q_templates = _operand_templates(q_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim), (dq, bm, d))
+    bm, bn = kv_cfg.block_m, kv_cfg.block_n
+    kv_templates = _operand_templates(kv_tiles, (q, bm, d), (k, bn, d), (v, bn, dv_dim), (dout, bm, dv_dim),
+                                      (dk, bn, d), (dv, bn, dv_dim))  # fmt: skip
+    return cfg, kv_cfg, kv_tiles, q_tiles, _atomic_dq(), _common(call), strides, q_templates, kv_templates
