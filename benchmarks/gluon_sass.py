@@ -1,15 +1,19 @@
 """Print the order of the Gluon forward's key SASS instructions, compiled on the CPU for sm90.
 
-    python3 benchmarks/gluon_sass.py [HEAD_DIM]
+    python3 benchmarks/gluon_sass.py [HEAD_DIM] [--causal] [--counts]
 
 Runs of the same instruction are folded into one line with a count (`MUFU.EX2 x66`: one softmax
 step). This shows where ptxas put the waits for the asynchronous GEMMs (`WARPGROUP.DEPBAR`) relative
-to the softmax. The kernel is compiled as the CI test does (`tests/test_triton_gluon_compile.py`), with
-the installed Triton and its `nvdisasm`; no GPU is needed.
+to the softmax. ``--causal`` compiles the shipped causal config at 1k (else the non-causal kernel
+without ping-pong); ``--counts`` prints instead the static count of each opcode in the whole kernel.
+The kernel is compiled as the CI test does (`tests/test_triton_gluon_compile.py`), with the installed
+Triton and its `nvdisasm`; no GPU is needed.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import os
 import re
 import subprocess
@@ -27,14 +31,34 @@ MARKERS = re.compile(
 )
 
 
+OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]+)")
+
+
 def main() -> None:
-    head_dim = int(sys.argv[1]) if len(sys.argv) > 1 else 64
-    kernel = test_triton_gluon_compile._compile(head_dim, False, False, 2, regs=240)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("head_dim", nargs="?", type=int, default=64)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--counts", action="store_true")
+    args = ap.parse_args()
+    if args.causal:
+        from portattn.backends.triton_hopper import configs
+
+        cfg = configs.pick_ws(args.head_dim, True, 1024)
+        kernel = test_triton_gluon_compile._compile(args.head_dim, True, cfg.pingpong, cfg.consumers,
+                                                    cfg.consumer_regs, cfg=cfg)  # fmt: skip
+    else:
+        kernel = test_triton_gluon_compile._compile(args.head_dim, False, False, 2, regs=240)
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
         sass = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    if args.counts:
+        opcodes = collections.Counter(m.group(1) for m in map(OPCODE.search, sass.splitlines()) if m)
+        print(f"total {sum(opcodes.values())}")
+        for name, count in opcodes.most_common(24):
+            print(f"{name:10s} {count}")
+        return
     previous, count = None, 0
     for line in sass.splitlines():
         match = MARKERS.search(line)

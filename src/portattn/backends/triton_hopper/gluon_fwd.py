@@ -140,11 +140,13 @@ def _softmax_step(s_raw, m_i, l_i, col0, rows, seqlen_k, band_hi, scale, masked,
     kept in logits, and the block's max is taken before scaling, so each score costs one fused
     multiply-add. Returns ``p`` (unnormalized, times ``2**P_SHIFT``), the new ``m_i``, ``l_i`` and
     ``alpha``, the factor that takes the accumulator from the old max to the new one."""
-    if masked:
-        cols = col0 + gl.arange(0, s_raw.shape[1], layout=gl.SliceLayout(0, s_raw.type.layout))
-        keep = gl.expand_dims(cols, 0) < seqlen_k
+    if masked:  # one compare per score: each row's last visible key, relative to the block
+        offs = gl.arange(0, s_raw.shape[1], layout=gl.SliceLayout(0, s_raw.type.layout))
         if HAS_HI:
-            keep = keep & ((gl.expand_dims(cols, 0) - gl.expand_dims(rows, 1)) <= band_hi)
+            last = gl.minimum(rows + (band_hi - col0), seqlen_k - 1 - col0)
+            keep = gl.expand_dims(offs, 0) <= gl.expand_dims(last, 1)
+        else:
+            keep = gl.expand_dims(offs < seqlen_k - col0, 0)
         s_raw = gl.where(keep, s_raw, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s_raw, axis=1) * scale)
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen nothing yet
