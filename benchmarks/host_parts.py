@@ -4,15 +4,11 @@
 
 Each part is issued in rounds of 40 calls; the time is the host's per issue in the best round.
 ``--profile``: instead, one training step (forward and ``.backward()``) under torch's profiler: the
-GPU time by kernel, the host time by op, and autograd's own cost for comparison. ``--cprofile``: the
-Python functions that the forward call and ``backend.backward`` spend their host time in (cProfile,
-which sees only the calling thread, so the backward is called directly rather than by autograd).
+GPU time by kernel, the host time by op, and autograd's own cost for comparison.
 """
 
 from __future__ import annotations
 
-import cProfile
-import pstats
 import time
 
 import _grid
@@ -87,40 +83,19 @@ def profile_step(q, k, v, grad, causal: bool) -> None:
     print(f"  a trivial autograd step ((x*2).sum().backward()): host {tables(trivial)[2]:.1f} us")
 
 
-def python_profile(name: str, fn, calls: int = 300) -> None:
-    """The top functions by own time over ``calls`` issues of ``fn`` (after a warm-up)."""
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(calls):
-        fn()
-    prof.disable()
-    torch.cuda.synchronize()
-    print(f"{name}: cProfile, {calls} calls, by own time (us per call)")
-    stats = pstats.Stats(prof)
-    rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:22]
-    for (file, line, func), (_, ncalls, tottime, cumtime, _) in rows:
-        where = f"{file.rsplit('/', 2)[-1]}:{line} {func}"
-        own, cum = tottime * 1e6 / calls, cumtime * 1e6 / calls
-        print(f"  {where[:64]:64s} own {own:7.1f}  cum {cum:7.1f}  x{ncalls / calls:g}")
-
-
 def main() -> None:
     ap = _grid.parser()
     ap.add_argument("--profile", action="store_true")
-    ap.add_argument("--cprofile", action="store_true")
-    opts = ap.parse_args()
+    args = ap.parse_args()
     import triton
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     from portattn.backends.triton_hopper import configs, direct, gluon_fwd, launch
 
-    s, d = opts.seqlen, opts.head_dim
+    s, d = args.seqlen, args.head_dim
     b, h, q, k, v = _grid.inputs(s, d)
-    causal = opts.causal
-    if opts.profile:
+    causal = args.causal
+    if args.profile:
         print(f"b={b} s={s} h={h} d={d} causal={causal}")
         profile_step(q, k, v, torch.randn_like(q), causal)
         return
@@ -210,11 +185,6 @@ def main() -> None:
     gcall, _ = _api.resolve(qg, kg, vg, causal=causal, window=None, scale=None, softcap=None, sparsity=None,
                             bias=None, precision=None, return_lse=False, backend=None, top_left=False)  # fmt: skip
     o, lse2 = backend.forward(gcall, qg, kg, vg)
-    if opts.cprofile:
-        with torch.no_grad():
-            python_profile("portattn.attention (fwd, no grad)", lambda: portattn.attention(q, k, v, causal=causal))
-        python_profile("backend.backward", lambda: backend.backward(gcall, q, k, v, o, lse2, grad))
-        return
     rows += [
         ("portattn fwd+bwd", fwd_bwd),
         ("torch sdpa flash fwd+bwd", sdpa_fwd_bwd),
