@@ -128,7 +128,7 @@ GLUON_CASES = [
     Case(batch=3, seqlen_q=129, seqlen_k=65, heads_q=6, heads_kv=3, head_dim=64),
     Case(batch=1, seqlen_q=1, seqlen_k=5, heads_q=2, heads_kv=1, head_dim=128, causal=True),
     Case(batch=1, seqlen_q=300, seqlen_k=17, heads_q=4, heads_kv=4, head_dim=128, causal=True),
-    # the last key block holds 26 keys: its GEMMs run at half width
+    # the last key block holds 26 keys: a masked tail without a band
     Case(batch=2, seqlen_q=700, seqlen_k=1050, heads_q=4, heads_kv=2, head_dim=128),
     # persistent programs take 3-4 tiles each: Q's two buffers per consumer wrap round (d=64)
     Case(batch=4, seqlen_q=1000, seqlen_k=1000, heads_q=16, heads_kv=4, head_dim=64),

@@ -17,16 +17,16 @@ def test_host_descriptor_template_is_reused_and_holds_no_tensor():
 
     first = torch.randn(2, 40, 3, 64, dtype=torch.bfloat16)
     alive = weakref.ref(first)
-    d1 = launch._host_descriptor(first, 64, 64)
+    d1 = launch._operands(launch.HOST_TMA, (first, 64, 64))[0]
     assert d1.base is first and list(d1.shape) == [2, 40, 3, 64] and list(d1.block_shape) == [1, 64, 1, 64]
     del d1, first
     gc.collect()
     assert alive() is None, "the cached template keeps the first call's tensor alive"
     second = torch.randn(2, 40, 3, 64, dtype=torch.bfloat16)
-    d2 = launch._host_descriptor(second, 64, 64)
+    d2 = launch._operands(launch.HOST_TMA, (second, 64, 64))[0]
     assert d2.base is second and list(d2.strides) == list(second.stride())
     other = torch.randn(2, 40, 3, 128, dtype=torch.bfloat16)[..., :64]  # same shape, other strides
-    d3 = launch._host_descriptor(other, 64, 64)
+    d3 = launch._operands(launch.HOST_TMA, (other, 64, 64))[0]
     assert list(d3.strides) == list(other.stride()) and d3.base is other
 
 

@@ -97,11 +97,6 @@ _CACHE_LIMIT = 4096  # entries in each per-signature cache (descriptor templates
 _descriptor_templates: dict[tuple, object] = {}
 
 
-def _host_descriptor(t: torch.Tensor, rows: int, dim: int):
-    """A Triton host descriptor over ``t`` (TMA-aligned: the caller checked)."""
-    return direct.rebased(_descriptor_template(t, rows, dim), t)
-
-
 def _descriptor_template(t: torch.Tensor, rows: int, dim: int):
     """The host descriptor over ``t``'s shape and strides without a base: made and validated once per
     (shape, strides, dtype, block); a call copies it onto its tensor (``direct.rebased``)."""
