@@ -133,6 +133,8 @@ GLUON_CASES = [
     # persistent programs take 3-4 tiles each: Q's two buffers per consumer wrap round (d=64)
     Case(batch=4, seqlen_q=1000, seqlen_k=1000, heads_q=16, heads_kv=4, head_dim=64),
     Case(batch=4, seqlen_q=1000, seqlen_k=1000, heads_q=16, heads_kv=16, head_dim=64, causal=True),
+    # a window past 32 bits on the right: the band is clipped to the lengths before any kernel adds it
+    Case(batch=1, seqlen_q=300, seqlen_k=333, heads_q=4, heads_kv=4, head_dim=64, window=(-1, 2**31 - 8)),
 ]
 GLUON_MATRIX = [(c, torch.bfloat16) for c in GLUON_CASES] + [(c, torch.float16) for c in GLUON_CASES[::3]]
 

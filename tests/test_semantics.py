@@ -89,6 +89,19 @@ def test_window(backend, window, causal, sq, sk):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "window,causal", [((2**31 - 8, 2**31 - 8), False), ((3, 2**40), False), ((2**31 - 1, 0), True)]
+)
+def test_window_wider_than_int32(backend, window, causal):
+    """A window past 32 bits is as wide as the lengths; the call's band is clipped to them."""
+    q, k, v = qkv(sq=10, sk=13)
+    call = portattn.explain(q, k, v, causal=causal, window=window, quiet=True).call
+    assert call.band[0] >= -10 and (call.band[1] is None or call.band[1] <= 13)
+    out = portattn.attention(q, k, v, causal=causal, window=window, backend=backend)
+    torch.testing.assert_close(out.double(), oracle(q, k, v, spec_mask(10, 13, causal=causal, window=window)), **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_softcap_caps_scaled_scores(backend):
     q, k, v = qkv()
     q = q * 4  # large scores, so capping matters

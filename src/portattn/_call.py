@@ -165,6 +165,14 @@ def band_of(
     return (lo, hi)
 
 
+def _clamp_band(band: tuple[int | None, int | None], seqlen_q: int, seqlen_k: int) -> tuple[int | None, int | None]:
+    """``band`` with its bounds clipped to ``[-seqlen_q, seqlen_k]``, which ``key - query`` never leaves:
+    the same visibility, and kernels may add a bound to a position in 32 bits (a window of 2**31 - 8
+    would wrap)."""
+    lo, hi = band
+    return (None if lo is None else max(lo, -seqlen_q), None if hi is None else min(hi, seqlen_k))
+
+
 def _intersect(a: tuple[int | None, int | None], b: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
     """The band both ``a`` and ``b`` allow."""
     lo = [x for x in (a[0], b[0]) if x is not None]
@@ -307,7 +315,9 @@ def normalize(
         kv_device=k.device,
         causal=causal,
         window=window,
-        band=band if band is not None else band_of(seqlen_q, seqlen_k, causal, window, top_left),
+        band=_clamp_band(
+            band if band is not None else band_of(seqlen_q, seqlen_k, causal, window, top_left), seqlen_q, seqlen_k
+        ),  # fmt: skip
         scale=head_dim**-0.5 if scale is None else scale,
         softcap=softcap,
         sparsity=sparsity,

@@ -94,3 +94,13 @@ def test_atomic_dq_yields_to_deterministic_algorithms(monkeypatch):
         torch.use_deterministic_algorithms(previous)
     monkeypatch.delenv("PORTATTN_TRITON_DQ")
     assert not launch._atomic_dq()
+
+
+@pytest.mark.parametrize("window,causal", [((3, 2**31 - 8), False), ((2**31 - 8, 0), True), ((-1, 2**31 - 1), False)])
+def test_window_past_int32_under_interpreter(window, causal):
+    """Bounds near 2**31 would wrap where a kernel adds them to a row; the band is clipped first."""
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, n, 2, 16, generator=g) for n in (19, 23, 23))
+    out = portattn.attention(q, k, v, causal=causal, window=window, backend="triton_hopper")
+    expected = portattn.attention(q, k, v, causal=causal, window=window, backend="reference")
+    torch.testing.assert_close(out, expected, atol=2e-3, rtol=2e-3)
