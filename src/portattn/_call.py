@@ -317,7 +317,7 @@ def normalize(
         window=window,
         band=_clamp_band(
             band if band is not None else band_of(seqlen_q, seqlen_k, causal, window, top_left), seqlen_q, seqlen_k
-        ),  # fmt: skip
+        ),
         scale=head_dim**-0.5 if scale is None else scale,
         softcap=softcap,
         sparsity=sparsity,
