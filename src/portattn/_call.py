@@ -40,7 +40,8 @@ class AttentionCall:
     """Read-only description of one call, in the layout of SPEC §1.
 
     ``band`` is the normalized visibility band from ``causal``/``window`` (and SDPA's top-left
-    ``is_causal``): query ``i`` may see key ``j`` iff ``lo <= j - i <= hi``, ``None`` = unbounded.
+    ``is_causal``): query ``i`` may see key ``j`` iff ``lo <= j - i <= hi``, ``None`` = unbounded; a
+    bound is clipped to ``[-seqlen_q, seqlen_k]``.
     Kernels read ``band``; ``causal``/``window`` are kept as the caller gave them for reasons.
     """
 
