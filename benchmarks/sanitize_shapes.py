@@ -25,6 +25,8 @@ GLUON_CASES = [  # head dims 64/128 without window or softcap: the Gluon forward
     Case(batch=1, seqlen_q=77, seqlen_k=131, heads_q=4, heads_kv=2, head_dim=64, causal=True),
     Case(batch=2, seqlen_q=300, seqlen_k=129, heads_q=2, heads_kv=2, head_dim=128),  # persistent
     Case(batch=1, seqlen_q=260, seqlen_k=70, heads_q=2, heads_kv=1, head_dim=128, causal=True, layout="bhsd"),
+    # 288 tiles over at most 132 programs, read from the scheduled walk's tile list (d=64 causal at 1k)
+    Case(batch=2, seqlen_q=1000, seqlen_k=1000, heads_q=18, heads_kv=6, head_dim=64, causal=True),
 ]
 
 failed = 0

@@ -1,7 +1,7 @@
 """Sweep launch configs of ``triton_hopper`` on a GPU and print the fastest per (kernel, head dim, causal).
 
     python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
-        [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current] [--ws-wide]
+        [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current] [--ws-wide] [--ws-scheduled]
 
 ``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
 Kernel ``fwd`` is the Triton forward (set ``PORTATTN_TRITON_GLUON=0`` at head dims 64 and 128, where
@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--causal", default="0,1", help="0 and/or 1")
     ap.add_argument("--ws-current", action="store_true", help="fwdws: only the shipped config")
     ap.add_argument("--ws-wide", action="store_true", help="fwdws at d=64: 4 stages and 256-key blocks too")
+    ap.add_argument("--ws-scheduled", action="store_true", help="fwdws: each config persistent, snake and scheduled")
     ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
@@ -80,6 +81,8 @@ def main() -> None:
             ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + (FWDWS3 if d <= 64 else [])
             if args.ws_wide and d <= 64:
                 ws_space = ws_space + FWDWS_WIDE
+            if args.ws_scheduled:
+                ws_space = [cfg._replace(persistent=True, scheduled=s) for cfg in ws_space for s in (False, True)]
             ws8_space = [configs.pick_ws(d, causal, s, fp8=True)] if args.ws_current else FWDWS8[d]
             spaces = {"fwd": FWD, "fwdws": ws_space, "fwd8": FWD8, "fwdws8": ws8_space, "dkdv": DKDV, "dq": DQ}
             for kernel, space in spaces.items():

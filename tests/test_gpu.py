@@ -180,6 +180,39 @@ def test_gluon_forward_variants_on_gpu(case, variant, monkeypatch):
     assert result.status == "pass", result.message
 
 
+# the scheduled walk (``WsConfig.scheduled``): a host-made tile list for causal-type bands, including
+# bottom-right bands with rows that see no key, GQA, short last tiles and programs with uneven lists
+SCHEDULED_CASES = [case for case in GLUON_CASES if case.causal] + [
+    Case(batch=4, seqlen_q=1024, seqlen_k=1024, heads_q=33, heads_kv=11, head_dim=64, causal=True),
+]
+SCHEDULED_VARIANTS = [
+    (case, variant)
+    for case in SCHEDULED_CASES
+    for variant in [(True, 2), (False, 2), (False, 3)]
+    if variant[1] == 2 or case.head_dim == 64
+]
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("case,variant", SCHEDULED_VARIANTS, ids=[f"{c.name}-{v}" for c, v in SCHEDULED_VARIANTS])
+def test_gluon_scheduled_walk_on_gpu(case, variant, monkeypatch):
+    """The scheduled walk against the reference; its tile list must have been made and used."""
+    from portattn.backends.triton_hopper import configs, launch
+
+    pingpong, consumers = variant
+    regs = 160 if consumers == 3 else 240
+    cfg = configs.WsConfig(64, 128, 3, regs, pingpong=pingpong, persistent=True, consumers=consumers, scheduled=True)
+    monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
+    made = []
+    real = launch._tile_schedule
+    monkeypatch.setattr(launch, "_tile_schedule", lambda *a: made.append(1) or real(*a))
+    launch._gluon_plans.clear()
+    result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
+    result.raise_for_failure()
+    assert result.status == "pass", result.message
+    assert made, "the scheduled walk did not run"
+
+
 # repeated calls take the direct launch (``direct.py``): the compiled kernel and descriptor templates
 # of the first call, on new tensors. Each is checked against the reference, with the base alignment
 # changed between calls of one shape (a misaligned base must not reuse the aligned specialization).

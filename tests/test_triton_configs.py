@@ -66,3 +66,45 @@ def test_gluon_forward_table_is_well_formed():
             assert cfg.consumer_regs * cfg.consumers + 24 <= 512  # registers per thread, per group of 128
         assert configs.pick_ws(head_dim, causal, 1 << 20) is entries[-1][1]
         assert configs.pick_ws(head_dim, causal, 1) is entries[0][1]
+
+
+@pytest.mark.parametrize(
+    "batch,heads,group,seqlen_q,seqlen_k,consumers",
+    [(16, 32, 1, 1024, 1024, 2), (4, 32, 4, 4096, 4096, 3), (2, 6, 2, 777, 1234, 2), (1, 8, 1, 3001, 1000, 2)],
+)
+def test_tile_schedule_deals_every_tile_once_and_evens_the_programs(batch, heads, group, seqlen_q, seqlen_k, consumers):
+    """The scheduled walk's tile list (causal-type band): every tile exactly once, per-program runs that
+    the offsets delimit, and no program with more work than the snake walk's busiest one."""
+    pytest.importorskip("triton")
+    import torch
+
+    from portattn._call import normalize
+    from portattn.backends.triton_hopper import launch
+
+    q = torch.empty(batch, seqlen_q, heads, 64, dtype=torch.bfloat16)
+    k = torch.empty(batch, seqlen_k, heads // group, 64, dtype=torch.bfloat16)
+    call = normalize(q, k, k, causal=True, window=None, scale=None, softcap=None, sparsity=None, bias=None,
+                     precision=None, return_lse=False, top_left=False)  # fmt: skip
+    cfg = configs.WsConfig(64, 128, 3, 240, persistent=True, consumers=consumers, scheduled=True)
+    tile = consumers * cfg.block_m
+    n_m = -(-seqlen_q // tile)
+    n_tiles = n_m * batch * heads
+    programs = min(132, n_tiles)
+    table = launch._tile_schedule(call, cfg, n_m, programs, torch.device("cpu")).tolist()
+    offsets, flat = table[: programs + 1], table[programs + 1 :]
+    assert offsets[0] == 0 and offsets[-1] == n_tiles == len(flat)
+    assert sorted(flat) == list(range(n_tiles))
+
+    def work(t: int) -> int:  # key blocks of the tile (the walk takes a head's last query tiles first)
+        m0 = (n_m - 1 - t % n_m) * tile
+        last_row0 = m0 + 64 * min(consumers - 1, (seqlen_q - 1 - m0) // 64)
+        return -(-max(min(last_row0 + 64 + call.band[1], seqlen_k), 0) // 128) + 1  # +1: a tile's fixed cost
+
+    scheduled = max(sum(work(t) for t in flat[offsets[p] : offsets[p + 1]]) for p in range(programs))
+    snake = [0] * programs
+    for r in range(-(-n_tiles // programs)):
+        for p in range(programs):
+            t = r * programs + (p if r % 2 == 0 else programs - 1 - p)
+            if t < n_tiles:
+                snake[p] += work(t)
+    assert scheduled <= max(snake)

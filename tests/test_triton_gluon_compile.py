@@ -15,7 +15,7 @@ gluon = pytest.importorskip("triton.experimental.gluon", reason="this Triton has
 
 
 def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: int,
-             dtype: torch.dtype = torch.bfloat16, fp8: bool = False, cfg=None):  # fmt: skip
+             dtype: torch.dtype = torch.bfloat16, fp8: bool = False, cfg=None, schedule: bool = False):  # fmt: skip
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -38,12 +38,13 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: 
     descs = {"q_desc": desc(x, cfg.block_m, head_dim), "k_desc": desc(x, cfg.block_n, head_dim), "v_desc": v_desc,
              "o_desc": desc(o, cfg.block_m, head_dim)}  # fmt: skip
     signature = {name: mangle_type(d) for name, d in descs.items()}
-    signature.update(lse_ptr="*fp32", qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", seqlen_q="i32",
+    signature.update(lse_ptr="*fp32", qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", sched_ptr="*i32",
+                     seqlen_q="i32",
                      seqlen_k="i32", heads_q="i32", band_hi="i32", qk_scale="fp32", n_m_tiles="i32",
                      n_tiles="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
     constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
                  "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
-                 "CONSUMER_REGS": regs, "FP8": fp8}  # fmt: skip
+                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -68,6 +69,14 @@ def _check_kernel(kernel, consumers: int) -> str:
 def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong, consumers):
     kernel = _compile(head_dim, causal, pingpong, consumers, regs=160 if consumers == 3 else 240)
     _check_kernel(kernel, consumers)
+
+
+@pytest.mark.parametrize("head_dim,consumers", [(64, 2), (64, 3), (128, 2)])
+def test_gluon_scheduled_forward_compiles_for_sm90(head_dim, consumers):
+    """A host-made tile list (causal, persistent): each partition reads its tiles from global memory."""
+    kernel = _compile(head_dim, True, consumers == 2, consumers, regs=160 if consumers == 3 else 240, schedule=True)
+    ptx = _check_kernel(kernel, consumers)
+    assert "ld.global" in ptx and ".b32" in ptx, "the tile list must be read from global memory"
 
 
 @pytest.mark.parametrize("head_dim,causal", [(64, True), (128, False), (128, True), (256, False)])

@@ -86,6 +86,9 @@ class WsConfig(NamedTuple):
     pingpong: bool = False  # the consumers take turns at issuing GEMMs
     persistent: bool = False  # one program per SM walks the tiles (else one program per tile)
     consumers: int = 2  # consumer warpgroups per program (3: no ping-pong, and fewer registers each)
+    # persistent, causal-type band only: the host deals the tiles out, heaviest first, each to the program
+    # with the least work so far (a band's tiles see unequal numbers of key blocks); else the snake walk
+    scheduled: bool = False
 
 
 # sm90, 16-bit, head dim 64 or 128, no window or softcap: per (head dim, causal-type band), configs by
@@ -107,7 +110,9 @@ SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
     ],
     (64, True): [
         # 307-309 against 303 without ping-pong, with Q double-buffered (h100_tune_fwdws_qbuf_2026-11-24g)
-        (1024, _W2._replace(stages=4, pingpong=True, persistent=True)),
+        # scheduled: 323 / 322 against 317 / 318 for the snake walk (h100_tune_fwdws_scheduled_2026-11-25c;
+        # d=64 at 4k and d=128 at 1k measured 1-4% slower scheduled, d=128 at 4k within noise)
+        (1024, _W2._replace(stages=4, pingpong=True, persistent=True, scheduled=True)),
         (4096, _W3._replace(persistent=True)),  # 414
         (None, _W3),  # 493
     ],

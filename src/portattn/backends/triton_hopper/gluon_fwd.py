@@ -2,7 +2,10 @@
 
 Plain Triton cannot say who waits for what; Gluon can. A tile is ``CONSUMERS * BLOCK_M`` query rows
 of one (batch, query head). A program runs one tile per round of ``nprog`` tiles (one tile when the grid
-covers them all; persistent when it has one program per SM) with three partitions:
+covers them all; persistent when it has one program per SM), or with ``SCHEDULE`` the tiles of a list the
+host made (``launch._tile_schedule``: a causal-type band's tiles see unequal numbers of key blocks, and
+dealing them out heaviest first to the least loaded program evens the programs out), with three
+partitions:
 
 - a loader warp issues the TMA loads of Q (one part per consumer, two buffers each where shared memory
   has room, so the ring does not drain while a consumer finishes a tile) and of K and V into a ring of
@@ -78,6 +81,32 @@ def _round_tile(k):
 
 
 @gluon.jit
+def _walk_length(sched_ptr, n_tiles, SCHEDULE: gl.constexpr):
+    """(tiles this program takes, where its list starts in ``sched_ptr``). ``SCHEDULE``: the host's
+    list, int32 ``[nprog + 1 offsets, then the tiles of program 0, 1, ...]``; else rounds of the walk."""
+    nprog = gl.num_programs(0)
+    if SCHEDULE:
+        p = gl.program_id(0)
+        first = gl.load(sched_ptr + p)
+        n_items = gl.load(sched_ptr + p + 1) - first
+        base = first + nprog + 1
+    else:
+        n_items = gl.cdiv(n_tiles, nprog)
+        base = 0
+    return n_items, base
+
+
+@gluon.jit
+def _walk_tile(k, n_items, sched_ptr, base, n_tiles, SCHEDULE: gl.constexpr):
+    """The tile of this program's ``k``-th step (``n_tiles`` or more: none)."""
+    if SCHEDULE:  # noqa: SIM108 (a constexpr branch)
+        t = gl.load(sched_ptr + base + k, mask=k < n_items, other=n_tiles)
+    else:
+        t = _round_tile(k)
+    return t
+
+
+@gluon.jit
 def _key_blocks(row0, seqlen_k, band_hi, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HAS_HI: gl.constexpr):
     """Key blocks that query rows ``[row0, row0 + BLOCK_M)`` see, and how many of them lead unmasked."""
     last = seqlen_k
@@ -97,17 +126,20 @@ def _last_row0(m0, seqlen_q, BLOCK_M: gl.constexpr, CONSUMERS: gl.constexpr):
 
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_q,
-            seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+            seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr,
-            FP8: gl.constexpr):  # fmt: skip
+            FP8: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
     """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
     buffer), then K and V block by block into the ring. With two Q buffers per consumer the wait is
     for the tile before the last, so the ring stays full across tile boundaries."""
     Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     slot = 0  # ring slots filled so far
     n_done = 0  # tiles loaded so far
-    for k in range(gl.cdiv(n_tiles, gl.num_programs(0))):
-        t = _round_tile(k)
+    n_items, base = _walk_length(sched_ptr, n_tiles, SCHEDULE)
+    t_next = _walk_tile(0, n_items, sched_ptr, base, n_tiles, SCHEDULE)
+    for k in range(n_items):
+        t = t_next
+        t_next = _walk_tile(k + 1, n_items, sched_ptr, base, n_tiles, SCHEDULE)  # loaded a step ahead
         if t < n_tiles:
             m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
             for c in gl.static_range(CONSUMERS):
@@ -305,20 +337,24 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr,
+              SCHEDULE: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
     (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr,
-     ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
+     ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
      kv_blocks) = shared  # fmt: skip
     Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     o_buf = o_smem.index(c)
     slot = 0
     turns = 0
     n_done = 0
-    for k in range(gl.cdiv(n_tiles, gl.num_programs(0))):
-        t = _round_tile(k)
+    n_items, base = _walk_length(sched_ptr, n_tiles, SCHEDULE)
+    t_next = _walk_tile(0, n_items, sched_ptr, base, n_tiles, SCHEDULE)
+    for k in range(n_items):
+        t = t_next
+        t_next = _walk_tile(k + 1, n_items, sched_ptr, base, n_tiles, SCHEDULE)  # loaded a step ahead
         if t < n_tiles:
             m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
             qb = (n_done % Q_BUFS) * CONSUMERS + c
@@ -337,11 +373,11 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
 
 
 @gluon.jit
-def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q,
-                band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks, kv_blocks, GROUP: gl.constexpr,
+def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k,
+                heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks, kv_blocks, GROUP: gl.constexpr,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
                 HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
-                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False):  # fmt: skip
+                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
     BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
     cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
@@ -350,7 +386,8 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     offset (key - query <= band_hi) when ``HAS_HI``. ``FP8``: Q and K are e4m3, V is e4m3 ``(batch,
     HEAD_D, heads_kv, keys)`` with blocks ``(1, HEAD_D, 1, BLOCK_N)``, and the float32 scales are ``qs``
     ``(batch, heads_q, q_blocks)`` per ``BLOCK_M`` query rows and ``ks``, ``vs`` ``(batch, heads_kv,
-    kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused."""
+    kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused. ``SCHEDULE``:
+    ``sched_ptr`` int32 ``[nprog + 1 offsets, then each program's tiles]`` (else unused)."""
     gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
     dtype: gl.constexpr = q_desc.dtype
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
@@ -387,19 +424,19 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     fence_async_shared()
 
     shared = (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
-              qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
-              kv_blocks)  # fmt: skip
+              qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles,
+              q_blocks, kv_blocks)  # fmt: skip
     # the partition list must be a literal: a variable holding the partition functions does not compile
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
                 (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8)),
+                             O_APART, FP8, SCHEDULE)),
                 (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8)),
+                             O_APART, FP8, SCHEDULE)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
-                           HAS_HI, CONSUMERS, FP8)),
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
+                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
@@ -408,14 +445,14 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
         gl.warp_specialize(
             [
                 (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8)),
+                             O_APART, FP8, SCHEDULE)),
                 (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8)),
+                             O_APART, FP8, SCHEDULE)),
                 (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8)),
+                             O_APART, FP8, SCHEDULE)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, GROUP, BLOCK_M, BLOCK_N, STAGES,
-                           HAS_HI, CONSUMERS, FP8)),
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
+                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
             ],
             [4, 4, 1],
             [CONSUMER_REGS, CONSUMER_REGS, 24],

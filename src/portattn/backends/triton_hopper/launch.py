@@ -248,19 +248,67 @@ def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.T
     key = _gluon_key(call, q, k, v)
     plan = _gluon_plans.get(key)
     if plan is None or plan[0] != cfg:
-        plan = _gluon_plan(call, cfg, q, k, v, out, scales)
-        if len(_gluon_plans) >= _CACHE_LIMIT:
-            _gluon_plans.clear()
-        _gluon_plans[key] = plan
-    _, templates, grid, scalars, constants = plan
+        capturing = torch.cuda.is_current_stream_capturing()
+        plan = _gluon_plan(call, cfg, q, k, v, out, scales, schedule=not capturing)
+        if not capturing:  # a plan made while capturing has no tile list: the next call makes a full one
+            if len(_gluon_plans) >= _CACHE_LIMIT:
+                _gluon_plans.clear()
+            _gluon_plans[key] = plan
+    _, templates, grid, scalars, constants, schedule = plan
     descriptors = [direct.rebased(d, t) for d, t in zip(templates, (q, k, v, out), strict=True)]
     scale_ptrs = scales if fp8 else (lse, lse, lse)
-    direct.launch(gluon_fwd.attn_fwd_ws, grid, (key, cfg), *descriptors, lse, *scale_ptrs, *scalars, **constants)
+    direct.launch(gluon_fwd.attn_fwd_ws, grid, (key, cfg, schedule is not None), *descriptors, lse, *scale_ptrs,
+                  lse if schedule is None else schedule, *scalars, SCHEDULE=schedule is not None,
+                  **constants)  # fmt: skip
 
 
-def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.Tensor, scales) -> tuple:
+# the heads whose K and V a scheduled walk keeps in L2 at once: it deals out their tiles before the next ones
+_SCHEDULE_L2_BYTES = 16 << 20
+# a tile's fixed cost (Q, the first and last GEMMs, the output) in key blocks, measured on an H100 at d=64:
+# 2.1 us per round for 1-block tiles against 1.2 us per further block (RESULTS.md, issue 3)
+_SCHEDULE_TILE_COST = 0.7
+_SCHEDULE_MAX_TILES = 1 << 16  # the host's dealing costs about 2 us per tile
+
+
+def _tile_schedule(call: AttentionCall, cfg: configs.WsConfig, n_m_tiles: int, programs: int,
+                   device: torch.device) -> torch.Tensor:  # fmt: skip
+    """The tile list of a scheduled walk (``WsConfig.scheduled``), int32: ``programs + 1`` offsets, then
+    each program's tiles in order. Heads are taken in groups whose K and V fit ``_SCHEDULE_L2_BYTES``;
+    a group's tiles go out heaviest first, each to the program with the least work so far (longest
+    processing time first), so that the programs of a causal-type band finish together."""
+    import heapq
+
+    tile, hi = cfg.consumers * cfg.block_m, call.band[1]
+    work = []  # per place j in a head's walk, which takes the last query tiles (the heaviest) first
+    for j in range(n_m_tiles):
+        m0 = (n_m_tiles - 1 - j) * tile
+        last_row0 = m0 + cfg.block_m * min(cfg.consumers - 1, (call.seqlen_q - 1 - m0) // cfg.block_m)
+        last = min(last_row0 + cfg.block_m + hi, call.seqlen_k)
+        work.append(triton.cdiv(max(last, 0), cfg.block_n) + _SCHEDULE_TILE_COST)
+    order = sorted(range(n_m_tiles), key=lambda j: -work[j])
+    heads = call.batch * call.heads_q
+    head_bytes = 2 * call.seqlen_k * call.head_dim * 2 // call.group_size  # K and V, shared in a GQA group
+    group = max(1, _SCHEDULE_L2_BYTES // max(head_bytes, 1))
+    loads = [(0.0, p) for p in range(programs)]
+    lists: list[list[int]] = [[] for _ in range(programs)]
+    for first in range(0, heads, group):
+        for j in order:
+            for bh in range(first, min(first + group, heads)):
+                load, p = heapq.heappop(loads)
+                lists[p].append(bh * n_m_tiles + j)
+                heapq.heappush(loads, (load + work[j], p))
+    offsets = [0]
+    for tiles in lists:
+        offsets.append(offsets[-1] + len(tiles))
+    flat = [t for tiles in lists for t in tiles]
+    return torch.tensor(offsets + flat, dtype=torch.int32).to(device)
+
+
+def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.Tensor, scales,
+                schedule: bool = True) -> tuple:  # fmt: skip
     """What the Gluon forward's launch needs for one call signature: descriptor templates (validated
-    here once, without a base), the grid, the runtime scalars and the constants."""
+    here once, without a base), the grid, the runtime scalars, the constants and the tile list of a
+    scheduled walk (None: the snake walk; ``schedule=False`` makes none)."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     d, hi = call.head_dim, call.band[1]
@@ -284,7 +332,10 @@ def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.
         HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
         FP8=fp8, num_warps=4,
     )  # fmt: skip
-    return cfg, templates, (programs,), scalars, constants
+    tiles = None
+    if schedule and cfg.scheduled and cfg.persistent and hi is not None and n_tiles <= _SCHEDULE_MAX_TILES:
+        tiles = _tile_schedule(call, cfg, n_m_tiles, programs, q.device)
+    return cfg, templates, (programs,), scalars, constants, tiles
 
 
 def forward(
