@@ -267,7 +267,9 @@ _SCHEDULE_L2_BYTES = 16 << 20
 # a tile's fixed cost (Q, the first and last GEMMs, the output) in key blocks, measured on an H100 at d=64:
 # 2.1 us per round for 1-block tiles against 1.2 us per further block (RESULTS.md, issue 3)
 _SCHEDULE_TILE_COST = 0.7
-_SCHEDULE_MAX_TILES = 1 << 16  # the host's dealing costs about 2 us per tile
+# once per call signature, the host's dealing took 0.5-0.8 us per tile on the CI-like 2-core VM (3 ms at
+# 4096 tiles, 35 ms at 65536); longer lists take the snake walk
+_SCHEDULE_MAX_TILES = 1 << 16
 
 
 def _tile_schedule(call: AttentionCall, cfg: configs.WsConfig, n_m_tiles: int, programs: int,
