@@ -104,8 +104,9 @@ def main() -> None:
     out = torch.empty_like(q)
     lse = torch.empty(b, h, s, device="cuda", dtype=torch.float32)
     cfg = configs.pick_ws(d, causal, s)
-    # the launch's arguments as the backend builds them (descriptor templates, grid, scalars, constants)
-    _, templates, grid, scalars, constants = launch._gluon_plan(call, cfg, q, k, v, out, None)
+    # the launch's grid and arguments as the backend builds them
+    plan = launch._gluon_plan(call, cfg, q, k, v, out, None)
+    grid = plan[2]
 
     def descs():
         return [
@@ -113,8 +114,7 @@ def main() -> None:
             for t, r in ((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n), (out, cfg.block_m))
         ]
 
-    made = descs()
-    args = (*made, lse, lse, lse, lse, *scalars)  # the scale pointers are unused in 16 bits
+    args, constants = launch._gluon_arguments(plan, descs(), lse, None)
 
     def jit_launch():
         return gluon_fwd.attn_fwd_ws[grid](*args, **constants)

@@ -254,12 +254,19 @@ def _forward_gluon(call: AttentionCall, q, k, v, out: torch.Tensor, lse: torch.T
             if len(_gluon_plans) >= _CACHE_LIMIT:
                 _gluon_plans.clear()
             _gluon_plans[key] = plan
-    _, templates, grid, scalars, constants, schedule = plan
-    descriptors = [direct.rebased(d, t) for d, t in zip(templates, (q, k, v, out), strict=True)]
-    scale_ptrs = scales if fp8 else (lse, lse, lse)
-    direct.launch(gluon_fwd.attn_fwd_ws, grid, (key, cfg, schedule is not None), *descriptors, lse, *scale_ptrs,
-                  lse if schedule is None else schedule, *scalars, SCHEDULE=schedule is not None,
-                  **constants)  # fmt: skip
+    descriptors = [direct.rebased(d, t) for d, t in zip(plan[1], (q, k, v, out), strict=True)]
+    args, constants = _gluon_arguments(plan, descriptors, lse, scales)
+    direct.launch(gluon_fwd.attn_fwd_ws, plan[2], (key, cfg, plan[5] is not None), *args, **constants)
+
+
+def _gluon_arguments(plan: tuple, descriptors: list, lse: torch.Tensor,
+                     scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> tuple[tuple, dict]:  # fmt: skip
+    """The Gluon kernel's arguments for a plan (``_gluon_plan``): the runtime ones in parameter order,
+    and the constants. ``lse`` stands in for the pointers a launch does not use."""
+    _, _, _, scalars, constants, schedule = plan
+    scale_ptrs = scales if scales is not None else (lse, lse, lse)
+    args = (*descriptors, lse, *scale_ptrs, lse if schedule is None else schedule, *scalars)
+    return args, {**constants, "SCHEDULE": schedule is not None}
 
 
 # the heads whose K and V a scheduled walk keeps in L2 at once: it deals out their tiles before the next ones
