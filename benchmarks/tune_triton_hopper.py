@@ -2,7 +2,6 @@
 
     python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
         [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current] [--ws-wide] [--ws-scheduled]
-        [--ws-pack]
 
 ``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
 Kernel ``fwd`` is the Triton forward (set ``PORTATTN_TRITON_GLUON=0`` at head dims 64 and 128, where
@@ -40,8 +39,6 @@ DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64
 # Key blocks of 64 and 2-stage rings lost everywhere in the first sweeps (results/h100_tune_fwdws_*).
 FWDWS = [WsConfig(64, 128, 3, 240, pp, pers) for pp in (False, True) for pers in (False, True)]
 FWDWS3 = [WsConfig(64, 128, 3, 160, False, pers, 3) for pers in (False, True)]
-# --ws-pack adds, at d=64 without a band: 3 persistent consumers, 3- and 4-stage rings, tails packed or not
-FWDWS_PACK = [WsConfig(64, 128, st, 160, False, True, 3, pack_tails=p) for st in (3, 4) for p in (False, True)]
 # --ws-wide adds, at d=64: 4-stage rings and 256-key blocks (fewer, longer softmax steps)
 # the Gluon forward at precision="fp8" (fwdws8), per head dim
 FWDWS8 = {
@@ -66,7 +63,6 @@ def main() -> None:
     ap.add_argument("--ws-current", action="store_true", help="fwdws: only the shipped config")
     ap.add_argument("--ws-wide", action="store_true", help="fwdws at d=64: 4 stages and 256-key blocks too")
     ap.add_argument("--ws-scheduled", action="store_true", help="fwdws: each config persistent, snake and scheduled")
-    ap.add_argument("--ws-pack", action="store_true", help="fwdws at d=64, no band: 3 consumers, tails packed or not")
     ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
@@ -85,8 +81,6 @@ def main() -> None:
             ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + (FWDWS3 if d <= 64 else [])
             if args.ws_wide and d <= 64:
                 ws_space = ws_space + FWDWS_WIDE
-            if args.ws_pack and d <= 64 and not causal:
-                ws_space = ws_space + FWDWS_PACK
             if args.ws_scheduled:
                 ws_space = [cfg._replace(persistent=True, scheduled=s) for cfg in ws_space for s in (False, True)]
             ws8_space = [configs.pick_ws(d, causal, s, fp8=True)] if args.ws_current else FWDWS8[d]
@@ -129,7 +123,7 @@ def main() -> None:
                 results.sort(key=lambda r: -r[0])
                 best = results[0]
                 print(f"d={d} causal={causal} {kernel}: best {best[1]} {best[0]:.0f} TF/s ({best[2]})")
-                for tf, cfg, note in results[1:8]:
+                for tf, cfg, note in results[1:4]:
                     print(f"    {cfg} {tf:.0f} TF/s ({note})")
     configs.OVERRIDE.clear()
     configs.WS_OVERRIDE.clear()

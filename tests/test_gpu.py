@@ -213,38 +213,6 @@ def test_gluon_scheduled_walk_on_gpu(case, variant, monkeypatch):
     assert made, "the scheduled walk did not run"
 
 
-# tails packed three to a tile (``WsConfig.pack_tails``, 3 consumers, no band): tails of 64, 58, 40 and 8
-# rows, groups of 3, 2 and 1 heads (batch*heads % 3), GQA and MQA, a (batch, heads, seqlen, dim) layout,
-# seqlen_k unequal and odd, persistent programs whose K/V rings wrap round across tail tiles
-PACKED_CASES = [
-    Case(batch=4, seqlen_q=1024, seqlen_k=1024, heads_q=16, heads_kv=4, head_dim=64),
-    Case(batch=4, seqlen_q=1024, seqlen_k=1024, heads_q=33, heads_kv=33, head_dim=64),
-    Case(batch=2, seqlen_q=250, seqlen_k=77, heads_q=3, heads_kv=1, head_dim=64),
-    Case(batch=1, seqlen_q=200, seqlen_k=333, heads_q=5, heads_kv=5, head_dim=64),
-    Case(batch=2, seqlen_q=1000, seqlen_k=1535, heads_q=4, heads_kv=2, head_dim=64, layout="bhsd"),
-]
-PACKED_VARIANTS = [(case, v) for case in PACKED_CASES for v in [(3, True), (4, True), (4, False)]]
-
-
-@pytest.mark.hopper
-@pytest.mark.parametrize("case,variant", PACKED_VARIANTS, ids=[f"{c.name}-{v}" for c, v in PACKED_VARIANTS])
-def test_gluon_packed_tails_on_gpu(case, variant, monkeypatch):
-    """Tails packed three to a tile against the reference; the packed walk must have run."""
-    from portattn.backends.triton_hopper import configs, launch
-
-    stages, persistent = variant
-    cfg = configs.WsConfig(64, 128, stages, 160, persistent=persistent, consumers=3, pack_tails=True)
-    monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
-    packed = []
-    real = launch._packs_tails
-    monkeypatch.setattr(launch, "_packs_tails", lambda *a: packed.append(real(*a)) or packed[-1])
-    launch._gluon_plans.clear()
-    result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
-    result.raise_for_failure()
-    assert result.status == "pass", result.message
-    assert any(packed), "the tails were not packed"
-
-
 # repeated calls take the direct launch (``direct.py``): the compiled kernel and descriptor templates
 # of the first call, on new tensors. Each is checked against the reference, with the base alignment
 # changed between calls of one shape (a misaligned base must not reuse the aligned specialization).

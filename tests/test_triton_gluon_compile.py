@@ -15,8 +15,7 @@ gluon = pytest.importorskip("triton.experimental.gluon", reason="this Triton has
 
 
 def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: int,
-             dtype: torch.dtype = torch.bfloat16, fp8: bool = False, cfg=None, schedule: bool = False,
-             pack: bool = False):  # fmt: skip
+             dtype: torch.dtype = torch.bfloat16, fp8: bool = False, cfg=None, schedule: bool = False):  # fmt: skip
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -42,10 +41,10 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: 
     signature.update(lse_ptr="*fp32", qs_ptr="*fp32", ks_ptr="*fp32", vs_ptr="*fp32", sched_ptr="*i32",
                      seqlen_q="i32",
                      seqlen_k="i32", heads_q="i32", band_hi="i32", qk_scale="fp32", n_m_tiles="i32",
-                     n_tiles="i32", n_heads="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
+                     n_tiles="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
     constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
                  "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
-                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule, "PACK": pack}  # fmt: skip
+                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -78,14 +77,6 @@ def test_gluon_scheduled_forward_compiles_for_sm90(head_dim, consumers):
     kernel = _compile(head_dim, True, consumers == 2, consumers, regs=160 if consumers == 3 else 240, schedule=True)
     ptx = _check_kernel(kernel, consumers)
     assert "ld.global" in ptx and ".b32" in ptx, "the tile list must be read from global memory"
-
-
-def test_gluon_packed_tails_forward_compiles_for_sm90():
-    """Three heads' tails in one tile: the loaders walk three K/V streams, the consumers index them."""
-    from portattn.backends.triton_hopper import configs
-
-    cfg = configs.WsConfig(64, 128, 4, 160, persistent=True, consumers=3, pack_tails=True)
-    _check_kernel(_compile(64, False, False, 3, regs=160, cfg=cfg, pack=True), 3)
 
 
 @pytest.mark.parametrize("head_dim,causal", [(64, True), (128, False), (128, True), (256, False)])

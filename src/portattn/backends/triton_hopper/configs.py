@@ -89,9 +89,6 @@ class WsConfig(NamedTuple):
     # persistent, causal-type band only: the host deals the tiles out, heaviest first, each to the program
     # with the least work so far (a band's tiles see unequal numbers of key blocks); else the snake walk
     scheduled: bool = False
-    # 3 consumers, no band: where a head's last tile would hold at most one consumer's rows (its tail, as at
-    # seqlen 1024 = 5 * 192 + 64), the tails of three heads share one tile, a consumer each
-    pack_tails: bool = False
 
 
 # sm90, 16-bit, head dim 64 or 128, no window or softcap: per (head dim, causal-type band), configs by
@@ -107,8 +104,7 @@ class WsConfig(NamedTuple):
 _W2, _W3 = WsConfig(64, 128, 3, 240), WsConfig(64, 128, 3, 160, consumers=3)
 SM90_WS: dict[tuple[int, bool], list[tuple[int | None, WsConfig]]] = {
     (64, False): [
-        # tails packed: 449 against 422 for 2 consumers and 419 unpacked (h100_tune_fwdws_pack_2026-11-25d)
-        (1024, _W3._replace(stages=4, persistent=True, pack_tails=True)),
+        (1024, _W2._replace(persistent=True)),  # 434; 419 with 3 consumers (Q double-buffered, 2026-11-24g)
         (4096, _W3._replace(persistent=True)),  # 523
         (None, _W3),  # 565
     ],

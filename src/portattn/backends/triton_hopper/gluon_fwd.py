@@ -58,52 +58,16 @@ LN2 = gl.constexpr(0.6931471805599453)
 
 
 @gluon.jit
-def _tile_coords(t, n_m_tiles, n_heads, HAS_HI: gl.constexpr, TILE_M: gl.constexpr, CONSUMERS: gl.constexpr,
-                 PACK: gl.constexpr):  # fmt: skip
-    """Tile ``t`` -> (first query row, first batch*heads_q + head, streams, tail). Query tiles of one
+def _tile_coords(t, n_m_tiles, heads_q, GROUP: gl.constexpr, TILE_M: gl.constexpr, HAS_HI: gl.constexpr):
+    """Tile ``t`` -> (first query row, batch*heads_q + head, batch, head, K/V head). Query tiles of one
     head are adjacent (they share K/V in L2); under a causal-type band the last ones, which see the
-    most keys, come first. With ``PACK`` (each head's last ``seqlen_q % TILE_M <= TILE_M / CONSUMERS``
-    rows, its tail) heads go in groups of ``CONSUMERS``: their whole tiles, then one tile of their
-    tails, consumer ``c`` taking head ``first + c``; that tile's K/V ring carries ``streams`` (the
-    group's heads) interleaved block by block. Otherwise ``streams`` is 1 and ``tail`` False."""
-    if PACK:
-        per_group = CONSUMERS * n_m_tiles + 1
-        g = t // per_group
-        r = t - g * per_group
-        bh = g * CONSUMERS
-        in_group = gl.minimum(n_heads - bh, CONSUMERS)
-        tail = r >= in_group * n_m_tiles
-        m0 = gl.where(tail, n_m_tiles, r % n_m_tiles) * TILE_M
-        bh = gl.where(tail, bh, bh + r // n_m_tiles)
-        streams = gl.where(tail, in_group, 1)
-    else:
-        pid_m = t % n_m_tiles
-        if HAS_HI:
-            pid_m = n_m_tiles - 1 - pid_m
-        m0 = pid_m * TILE_M
-        bh = t // n_m_tiles
-        streams = 1
-        tail = False
-    return m0, bh, streams, tail
-
-
-@gluon.jit
-def _head_coords(bh, heads_q, GROUP: gl.constexpr):
-    """batch*heads_q + head -> (batch, head, K/V head)."""
+    most keys, come first."""
+    pid_m = t % n_m_tiles
+    if HAS_HI:
+        pid_m = n_m_tiles - 1 - pid_m
+    bh = t // n_m_tiles
     h = bh % heads_q
-    return bh // heads_q, h, h // GROUP
-
-
-@gluon.jit
-def _consumer_rows(c: gl.constexpr, m0, bh, streams, tail, BLOCK_M: gl.constexpr, PACK: gl.constexpr):
-    """(first query row, batch*heads_q + head, owns its ring slots) of consumer ``c`` in a tile: rows
-    ``m0 + c*BLOCK_M`` of head ``bh``, or in a tail tile head ``bh + c``'s tail (past the group's
-    heads: rows past the end, which load zeros and store nothing)."""
-    if PACK:
-        own = tail & (c < streams)
-        return m0 + gl.where(own, 0, c * BLOCK_M), bh + gl.where(own, c, 0), own
-    else:
-        return m0 + c * BLOCK_M, bh, False
+    return pid_m * TILE_M, bh, bh // heads_q, h, h // GROUP
 
 
 @gluon.jit
@@ -161,16 +125,13 @@ def _last_row0(m0, seqlen_q, BLOCK_M: gl.constexpr, CONSUMERS: gl.constexpr):
 
 
 @gluon.jit
-def _loader(V_SIDE: gl.constexpr, q_desc, kv_desc, q_smem, kv_smem, q_bar, q_free, kv_bar, kv_empty, walk,
-            GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-            HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr, FP8: gl.constexpr, SCHEDULE: gl.constexpr,
-            PACK: gl.constexpr):  # fmt: skip
-    """One warp, one operand: K (``V_SIDE`` False, and per tile first Q's parts, each once its consumer
-    has stored its last output from that buffer) or V, block by block into its ring, each buffer
-    once every consumer has released it. K and V have a warp each, so that a K buffer, released as
-    soon as its ``S`` lands, refills while V's wait for their ``P V``. With two Q buffers per consumer
-    the wait is for the tile before the last, so the ring stays full across tile boundaries."""
-    seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, n_heads, sched_ptr = walk
+def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_q,
+            seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr,
+            FP8: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
+    """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
+    buffer), then K and V block by block into the ring. With two Q buffers per consumer the wait is
+    for the tile before the last, so the ring stays full across tile boundaries."""
     Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     slot = 0  # ring slots filled so far
     n_done = 0  # tiles loaded so far
@@ -180,42 +141,27 @@ def _loader(V_SIDE: gl.constexpr, q_desc, kv_desc, q_smem, kv_smem, q_bar, q_fre
         t = t_next
         t_next = _walk_tile(k + 1, n_items, sched_ptr, base, n_tiles, SCHEDULE)  # loaded a step ahead
         if t < n_tiles:
-            m0, bh, streams, tail = _tile_coords(t, n_m_tiles, n_heads, HAS_HI, CONSUMERS * BLOCK_M, CONSUMERS, PACK)
-            if not V_SIDE:
-                for c in gl.static_range(CONSUMERS):
-                    row0, bh_c, _ = _consumer_rows(c, m0, bh, streams, tail, BLOCK_M, PACK)
-                    b, h, _ = _head_coords(bh_c, heads_q, GROUP)
-                    qb = (n_done % Q_BUFS) * CONSUMERS + c
-                    # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
-                    mbarrier.wait(q_free.index(qb), ((n_done // Q_BUFS) & 1) ^ 1)
-                    mbarrier.expect(q_bar.index(qb), q_desc.block_type.nbytes)
-                    _tma_load(q_desc, [b, row0, h, 0], q_bar.index(qb), q_smem.index(qb))
+            m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
+            for c in gl.static_range(CONSUMERS):
+                qb = (n_done % Q_BUFS) * CONSUMERS + c
+                # a fresh barrier's phase 1 counts as complete: the first wait on each buffer passes
+                mbarrier.wait(q_free.index(qb), ((n_done // Q_BUFS) & 1) ^ 1)
+                mbarrier.expect(q_bar.index(qb), q_desc.block_type.nbytes)
+                _tma_load(q_desc, [b, m0 + c * BLOCK_M, h, 0], q_bar.index(qb), q_smem.index(qb))
             last_row0 = _last_row0(m0, seqlen_q, BLOCK_M, CONSUMERS)
             n_blocks, _ = _key_blocks(last_row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
             for i in range(n_blocks):
-                for j in range(streams):
-                    b, _, hk = _head_coords(bh + j, heads_q, GROUP)
-                    s = slot % STAGES
-                    mbarrier.wait(kv_empty.index(s), ((slot // STAGES) & 1) ^ 1)
-                    mbarrier.expect(kv_bar.index(s), kv_desc.block_type.nbytes)
-                    if V_SIDE & FP8:  # V^T: (batch, dim, heads, keys)
-                        _tma_load(kv_desc, [b, 0, hk, i * BLOCK_N], kv_bar.index(s), kv_smem.index(s))
-                    else:
-                        _tma_load(kv_desc, [b, i * BLOCK_N, hk, 0], kv_bar.index(s), kv_smem.index(s))
-                    slot += 1
+                s = slot % STAGES
+                mbarrier.wait(empty_bar.index(s), ((slot // STAGES) & 1) ^ 1)
+                mbarrier.expect(k_bar.index(s), k_desc.block_type.nbytes)
+                _tma_load(k_desc, [b, i * BLOCK_N, hk, 0], k_bar.index(s), k_smem.index(s))
+                mbarrier.expect(v_bar.index(s), v_desc.block_type.nbytes)
+                if FP8:  # V^T: (batch, dim, heads, keys)
+                    _tma_load(v_desc, [b, 0, hk, i * BLOCK_N], v_bar.index(s), v_smem.index(s))
+                else:
+                    _tma_load(v_desc, [b, i * BLOCK_N, hk, 0], v_bar.index(s), v_smem.index(s))
+                slot += 1
             n_done += 1  # noqa: SIM113 (no enumerate in the kernel language)
-
-
-@gluon.jit
-def _pass_slots(bar, empty, lo, hi, STAGES: gl.constexpr):
-    """Release ring slots ``[lo, hi)`` this consumer does not read, each once its load has been
-    issued. Every consumer takes every slot in order, its own and the others': an mbarrier's wait
-    tells phases apart by parity only, so a consumer must never wait on a slot whose previous round
-    it has not seen. Returns ``hi``, the next slot."""
-    for n in range(lo, hi):
-        mbarrier.wait(bar.index(n % STAGES), (n // STAGES) & 1)
-        mbarrier.arrive(empty.index(n % STAGES), count=1)
-    return hi
 
 
 @gluon.jit
@@ -278,19 +224,16 @@ def _v_operand(v_smem, s, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, FP8: gl.c
 
 
 @gluon.jit
-def _consumer_tile(c: gl.constexpr, m0, row0, bh, first, lane, stride, n_blocks_all, turns, q, o_buf, q_free,
-                   k_smem, v_smem, o_desc, k_bar, v_bar, k_empty, v_empty, turn_bar, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
-                   seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, q_blocks, kv_blocks, GROUP: gl.constexpr,
-                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
-                   HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr,
-                   FP8: gl.constexpr, PACK: gl.constexpr):  # fmt: skip
-    """Query rows ``[row0, row0 + BLOCK_M)`` of head ``bh`` in the tile at ``m0`` (``_consumer_rows``),
-    Q already in ``q``. The tile's ring slots start at ``first``: ``n_blocks_all`` blocks of each of
-    ``stride`` streams, interleaved; this consumer's key block ``i`` is slot ``first + lane + i *
-    stride``, and it passes the others in order (``_pass_slots``). ``turns`` counts paired GEMM
-    issues; returns it updated. The output goes out through ``o_buf``: with ``O_APART`` a buffer of
-    its own, and Q's buffer is released (``q_free``) once the last ``S`` lands; else Q's buffer,
-    released by the caller after the store."""
+def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free, k_smem, v_smem, o_desc,
+                   k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q,
+                   band_hi, qk_scale, q_blocks, kv_blocks, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
+                   BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
+                   PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr,
+                   FP8: gl.constexpr):  # fmt: skip
+    """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
+    ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated. The
+    output goes out through ``o_buf``: with ``O_APART`` a buffer of its own, and Q's buffer is released
+    (``q_free``) once the last ``S`` lands; else Q's buffer, released by the caller after the store."""
     p_dtype: gl.constexpr = q.dtype
     K_INSTR: gl.constexpr = 32 if FP8 else 16  # a wgmma's K: 32 bytes of each operand row
     P_SHIFT: gl.constexpr = 8.0 if FP8 else 0.0  # P in [0, 256] spans e4m3's range; 16-bit P needs none
@@ -302,11 +245,12 @@ def _consumer_tile(c: gl.constexpr, m0, row0, bh, first, lane, stride, n_blocks_
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
-    b, h, hk = _head_coords(bh, heads_q, GROUP)
+    row0 = m0 + c * BLOCK_M
     rows = row0 + gl.arange(0, BLOCK_M, layout=row_s)
     n_blocks, full_blocks = _key_blocks(row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
     n_blocks = gl.where(row0 < seqlen_q, n_blocks, 0)  # a consumer past the last query row idles
     last_row0 = _last_row0(m0, seqlen_q, BLOCK_M, CONSUMERS)
+    n_blocks_all, _ = _key_blocks(last_row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
     n_blocks_0, _ = _key_blocks(m0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
     # S_0; S_i with P_{i-1} V; the last P V; unpaired when consumer 1 idles
     n_issues_0 = gl.where((n_blocks_0 > 0) & (last_row0 > m0), n_blocks_0 + 1, 0)
@@ -318,26 +262,19 @@ def _consumer_tile(c: gl.constexpr, m0, row0, bh, first, lane, stride, n_blocks_
     # S's "accumulator" (ignored: use_acc=False) is a constant the compiler can rematerialize; the
     # last scores would instead stay live across the loop's back edge
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-    k_todo = first  # the next K and V slots this consumer has not taken
-    v_todo = first
     if n_blocks > 0:
         scale = qk_scale
         kv_scales = (b * (heads_q // GROUP) + hk) * kv_blocks
         if FP8:
             scale = qk_scale * gl.load(qs_ptr + bh * q_blocks + row0 // BLOCK_M)
             v_unit = gl.load(vs_ptr + kv_scales)
-        at = first + lane
-        if PACK:
-            k_todo = _pass_slots(k_bar, k_empty, k_todo, at, STAGES)
-        s = at % STAGES
-        mbarrier.wait(k_bar.index(s), (at // STAGES) & 1)
+        s = slot % STAGES
+        mbarrier.wait(k_bar.index(s), (slot // STAGES) & 1)
         k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
         _take_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
         s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
         turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
         s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
-        mbarrier.arrive(k_empty.index(s), count=1)
-        k_todo = at + 1
         block_scale = scale
         if FP8:
             block_scale = scale * gl.load(ks_ptr + kv_scales)
@@ -345,56 +282,44 @@ def _consumer_tile(c: gl.constexpr, m0, row0, bh, first, lane, stride, n_blocks_
                                            full_blocks == 0, HAS_HI, P_SHIFT)  # fmt: skip
         p_op = gl.convert_layout(p.to(p_dtype), p_layout)  # carried in the operand's width: fewer registers
         for i in range(1, n_blocks):
-            at = first + lane + i * stride
-            prev = (at - stride) % STAGES
-            s = at % STAGES
-            if PACK:  # a tail tile's other streams (else none)
-                k_todo = _pass_slots(k_bar, k_empty, k_todo, at, STAGES)
-                v_todo = _pass_slots(v_bar, v_empty, v_todo, at - stride, STAGES)
+            prev = (slot + i - 1) % STAGES
+            s = (slot + i) % STAGES
             if FP8:  # issued early: the loads' latency hides behind the GEMMs
                 block_scale = scale * gl.load(ks_ptr + kv_scales + i)
                 v_next = gl.load(vs_ptr + kv_scales + i)
-            mbarrier.wait(k_bar.index(s), (at // STAGES) & 1)
-            mbarrier.wait(v_bar.index(prev), ((at - stride) // STAGES) & 1)
+            mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)
+            mbarrier.wait(v_bar.index(prev), ((slot + i - 1) // STAGES) & 1)
             k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
             _take_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
             acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
             turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
-            mbarrier.arrive(k_empty.index(s), count=1)
-            k_todo = at + 1
             p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, block_scale,
                                                i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
             acc = warpgroup_mma_wait(0, deps=(acc,))
             p_op = gl.convert_layout(p.to(p_dtype), p_layout)
-            mbarrier.arrive(v_empty.index(prev), count=1)
-            v_todo = at - stride + 1
+            mbarrier.arrive(empty_bar.index(prev), count=1)
             if FP8:  # acc moves to the unit of the V block whose P V comes next
                 alpha = alpha * (v_unit / v_next)
                 v_unit = v_next
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
         if O_APART:  # every S has landed: the loader may bring the next tile's Q while P V and the store run
             mbarrier.arrive(q_free, count=1)
-        last = first + lane + (n_blocks - 1) * stride
-        if PACK:
-            v_todo = _pass_slots(v_bar, v_empty, v_todo, last, STAGES)
-        prev = last % STAGES
-        mbarrier.wait(v_bar.index(prev), (last // STAGES) & 1)
+        prev = (slot + n_blocks - 1) % STAGES
+        mbarrier.wait(v_bar.index(prev), ((slot + n_blocks - 1) // STAGES) & 1)
         _take_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
         acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
         turns = _pass_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
         acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(v_empty.index(prev), count=1)
-        v_todo = last + 1
+        mbarrier.arrive(empty_bar.index(prev), count=1)
     elif O_APART:
         mbarrier.arrive(q_free, count=1)
-    # the blocks streamed for the other consumers (key blocks this one's rows do not see, other streams),
-    # K and V slot by slot: a warpgroup still computing may hold a K slot while it waits for a V one
-    _pass_slots(v_bar, v_empty, v_todo, k_todo, STAGES)
-    for n in range(k_todo, first + n_blocks_all * stride):
-        _pass_slots(k_bar, k_empty, n, n + 1, STAGES)
-        _pass_slots(v_bar, v_empty, n, n + 1, STAGES)
+    # the loader streams the blocks the other warpgroup needs: release them without reading
+    for i in range(n_blocks, n_blocks_all):
+        s = (slot + i) % STAGES
+        mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)  # this round's load has been issued
+        mbarrier.arrive(empty_bar.index(s), count=1)
 
     empty = l_i == 0.0  # rows that see no key: output 0, lse -inf
     inv = gl.convert_layout(v_unit / gl.where(empty, 1.0, l_i), row_o)
@@ -406,20 +331,20 @@ def _consumer_tile(c: gl.constexpr, m0, row0, bh, first, lane, stride, n_blocks_
     _tma_store(o_desc, [b, row0, h, 0], o_buf)
     lse = gl.where(empty, float("-inf"), (m_i - P_SHIFT + gl.log2(gl.where(empty, 1.0, l_i))) * LN2)
     gl.store(lse_ptr + bh * seqlen_q + rows, lse, mask=rows < seqlen_q)
-    return turns
+    return slot + n_blocks_all, turns
 
 
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr, SCHEDULE: gl.constexpr,
-              PACK: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr,
+              SCHEDULE: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
-    (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, k_empty, v_empty, turn_bar, lse_ptr,
-     qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, n_heads,
-     q_blocks, kv_blocks) = shared  # fmt: skip
+    (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr,
+     ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
+     kv_blocks) = shared  # fmt: skip
     Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     o_buf = o_smem.index(c)
     slot = 0
@@ -431,22 +356,15 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
         t = t_next
         t_next = _walk_tile(k + 1, n_items, sched_ptr, base, n_tiles, SCHEDULE)  # loaded a step ahead
         if t < n_tiles:
-            m0, bh, streams, tail = _tile_coords(t, n_m_tiles, n_heads, HAS_HI, CONSUMERS * BLOCK_M, CONSUMERS, PACK)
-            row0, bh_c, own = _consumer_rows(c, m0, bh, streams, tail, BLOCK_M, PACK)
-            last_row0 = _last_row0(m0, seqlen_q, BLOCK_M, CONSUMERS)
-            n_blocks_all, _ = _key_blocks(last_row0, seqlen_k, band_hi, BLOCK_M, BLOCK_N, HAS_HI)
-            lane = 0
-            if PACK:
-                lane = gl.where(own, c, 0)
+            m0, bh, b, h, hk = _tile_coords(t, n_m_tiles, heads_q, GROUP, CONSUMERS * BLOCK_M, HAS_HI)
             qb = (n_done % Q_BUFS) * CONSUMERS + c
             q = q_smem.index(qb).reshape([BLOCK_M, HEAD_D])
             mbarrier.wait(q_bar.index(qb), (n_done // Q_BUFS) & 1)
-            turns = _consumer_tile(c, m0, row0, bh_c, slot, lane, streams, n_blocks_all, turns, q, o_buf,
-                                   q_free.index(qb), k_smem, v_smem, o_desc, k_bar, v_bar, k_empty, v_empty, turn_bar,
-                                   lse_ptr, qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
-                                   q_blocks, kv_blocks, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG,
-                                   CONSUMERS, O_APART, FP8, PACK)  # fmt: skip
-            slot += n_blocks_all * streams
+            slot, turns = _consumer_tile(c, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free.index(qb), k_smem,
+                                          v_smem, o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr,
+                                          vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, q_blocks, kv_blocks,
+                                          GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                                          O_APART, FP8)  # fmt: skip
             if not O_APART:
                 tma.store_wait(0)
                 mbarrier.arrive(q_free.index(qb), count=1)  # the loader may bring the next tile's Q
@@ -456,28 +374,21 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
 
 @gluon.jit
 def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k,
-                heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, n_heads, q_blocks, kv_blocks, GROUP: gl.constexpr,
+                heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks, kv_blocks, GROUP: gl.constexpr,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
                 HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
-                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False,
-                PACK: gl.constexpr = False):  # fmt: skip
-    """Grid ``(programs,)`` over ``n_tiles`` tiles of ``CONSUMERS * BLOCK_M`` query rows (2 or 3
-    consumer warpgroups; ping-pong needs 2) of ``n_heads = batch * heads_q`` heads: ``n_m_tiles =
-    cdiv(seqlen_q, CONSUMERS*BLOCK_M)`` per head, ``n_tiles = n_m_tiles * n_heads``; with ``PACK``
-    (no band, 3 consumers, ``0 < seqlen_q % (3*BLOCK_M) <= BLOCK_M``) ``n_m_tiles`` whole tiles per head
-    and a tail tile per group of 3 heads, ``n_tiles = n_m_tiles * n_heads + cdiv(n_heads, 3)``
-    (``_tile_coords``). ``num_warps=4`` (the first consumer). Descriptors over ``(batch, seqlen,
-    heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch, heads_q,
-    seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type offset
-    (key - query <= band_hi) when ``HAS_HI``. ``FP8``: Q and K are e4m3, V is e4m3 ``(batch, HEAD_D,
-    heads_kv, keys)`` with blocks ``(1, HEAD_D, 1, BLOCK_N)``, and the float32 scales are ``qs``
+                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False):  # fmt: skip
+    """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
+    BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
+    cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
+    ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
+    heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
+    offset (key - query <= band_hi) when ``HAS_HI``. ``FP8``: Q and K are e4m3, V is e4m3 ``(batch,
+    HEAD_D, heads_kv, keys)`` with blocks ``(1, HEAD_D, 1, BLOCK_N)``, and the float32 scales are ``qs``
     ``(batch, heads_q, q_blocks)`` per ``BLOCK_M`` query rows and ``ks``, ``vs`` ``(batch, heads_kv,
     kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused. ``SCHEDULE``:
     ``sched_ptr`` int32 ``[nprog + 1 offsets, then each program's tiles]`` (else unused)."""
     gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
-    gl.static_assert(
-        (not PACK) | ((CONSUMERS == 3) & (not HAS_HI) & (not SCHEDULE)), "tail tiles: 3 consumers, no band"
-    )
     dtype: gl.constexpr = q_desc.dtype
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -500,8 +411,7 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     turn_bar = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for c in gl.static_range(Q_BUFS * CONSUMERS):
         mbarrier.init(q_bar.index(c), count=1)
         mbarrier.init(q_free.index(c), count=1)
@@ -510,44 +420,40 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     for s in gl.static_range(STAGES):
         mbarrier.init(k_bar.index(s), count=1)
         mbarrier.init(v_bar.index(s), count=1)
-        mbarrier.init(k_empty.index(s), count=CONSUMERS)  # every consumer releases each buffer
-        mbarrier.init(v_empty.index(s), count=CONSUMERS)
+        mbarrier.init(empty_bar.index(s), count=CONSUMERS)  # every consumer releases each buffer
     fence_async_shared()
 
-    shared = (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, k_empty, v_empty, turn_bar,
-              lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles,
-              n_tiles, n_heads, q_blocks, kv_blocks)  # fmt: skip
-    walk = (seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, n_heads, sched_ptr)
+    shared = (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
+              qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles,
+              q_blocks, kv_blocks)  # fmt: skip
     # the partition list must be a literal: a variable holding the partition functions does not compile
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
                 (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, PACK)),
+                             O_APART, FP8, SCHEDULE)),
                 (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, PACK)),
-                (_loader, (False, q_desc, k_desc, q_smem, k_smem, q_bar, q_free, k_bar, k_empty, walk, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE, PACK)),
-                (_loader, (True, q_desc, v_desc, q_smem, v_smem, q_bar, q_free, v_bar, v_empty, walk, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE, PACK)),
+                             O_APART, FP8, SCHEDULE)),
+                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
+                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
             ],
-            [4, 1, 1],
-            [CONSUMER_REGS, 24, 24],
+            [4, 1],
+            [CONSUMER_REGS, 24],
         )  # fmt: skip
     else:
         gl.warp_specialize(
             [
                 (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, PACK)),
+                             O_APART, FP8, SCHEDULE)),
                 (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, PACK)),
+                             O_APART, FP8, SCHEDULE)),
                 (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, PACK)),
-                (_loader, (False, q_desc, k_desc, q_smem, k_smem, q_bar, q_free, k_bar, k_empty, walk, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE, PACK)),
-                (_loader, (True, q_desc, v_desc, q_smem, v_smem, q_bar, q_free, v_bar, v_empty, walk, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE, PACK)),
+                             O_APART, FP8, SCHEDULE)),
+                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
+                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
             ],
-            [4, 4, 1, 1],
-            [CONSUMER_REGS, CONSUMER_REGS, 24, 24],
+            [4, 4, 1],
+            [CONSUMER_REGS, CONSUMER_REGS, 24],
         )  # fmt: skip

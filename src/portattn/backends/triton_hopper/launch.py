@@ -313,19 +313,6 @@ def _tile_schedule(call: AttentionCall, cfg: configs.WsConfig, n_m_tiles: int, p
     return torch.tensor(offsets + flat, dtype=torch.int32).to(device)
 
 
-def _packs_tails(call: AttentionCall, cfg: configs.WsConfig) -> bool:
-    """Whether the heads' tails go three to a tile (``WsConfig.pack_tails``): a tail of at most one
-    consumer's rows, which a tile of its own would leave two of three consumers idle on."""
-    tile = cfg.consumers * cfg.block_m
-    return (
-        cfg.pack_tails
-        and cfg.consumers == 3
-        and call.band[1] is None
-        and call.seqlen_q > tile
-        and 0 < call.seqlen_q % tile <= cfg.block_m
-    )
-
-
 def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.Tensor, scales,
                 schedule: bool = True) -> tuple:  # fmt: skip
     """What the Gluon forward's launch needs for one call signature: descriptor templates (validated
@@ -343,18 +330,16 @@ def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.
         desc = TensorDescriptor(t, list(t.shape), list(t.stride()), [1, rows, 1, cols], layout)
         desc.base = None  # a template must not keep the first call's tensor alive
         templates.append(desc)
-    tile, heads = cfg.consumers * cfg.block_m, call.batch * call.heads_q
-    pack = _packs_tails(call, cfg)
-    n_m_tiles = call.seqlen_q // tile if pack else triton.cdiv(call.seqlen_q, tile)
-    n_tiles = n_m_tiles * heads + (triton.cdiv(heads, cfg.consumers) if pack else 0)
+    n_m_tiles = triton.cdiv(call.seqlen_q, cfg.consumers * cfg.block_m)
+    n_tiles = n_m_tiles * call.batch * call.heads_q
     programs = min(n_tiles, _sm_count(q.device)) if cfg.persistent else n_tiles
     q_blocks, kv_blocks = (scales[0].shape[2], scales[1].shape[2]) if fp8 else (0, 0)
     scalars = (call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
-               n_m_tiles, n_tiles, heads, q_blocks, kv_blocks)  # fmt: skip
+               n_m_tiles, n_tiles, q_blocks, kv_blocks)  # fmt: skip
     constants = dict(
         GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
         HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
-        FP8=fp8, PACK=pack, num_warps=4,
+        FP8=fp8, num_warps=4,
     )  # fmt: skip
     tiles = None
     if schedule and cfg.scheduled and cfg.persistent and hi is not None and n_tiles <= _SCHEDULE_MAX_TILES:
