@@ -1,6 +1,7 @@
 """Small shapes for ``compute-sanitizer --tool memcheck``: odd lengths, GQA, masks, every tile path of the
 Triton forward (the Gluon one off), the Gluon forward (persistent and not), FP8, block-sparse patterns
 forward and backward. Each case runs twice: the second call takes the direct launch of the kept kernels.
+``PORTATTN_SANITIZE_ONLY=gluon`` runs the Gluon forward's cases alone (a quick check after a change to it).
 
 Exits non-zero if any output differs from the reference (the sanitizer reports bad accesses itself).
 """
@@ -30,26 +31,27 @@ GLUON_CASES = [  # head dims 64/128 without window or softcap: the Gluon forward
     # d=64 non-causal, seqlen_k odd and shorter than seqlen_q: each head's last 128-row tile holds 104 rows
     Case(batch=2, seqlen_q=1000, seqlen_k=777, heads_q=4, heads_kv=2, head_dim=64),
 ]
+ONLY_GLUON = os.environ.get("PORTATTN_SANITIZE_ONLY") == "gluon"
+if ONLY_GLUON:
+    CASES = []
 
 failed = 0
-# PORTATTN_SANITIZE_ONLY=gluon: the Gluon forward's cases alone (a quick check after a change to it)
-ONLY_GLUON = os.environ.get("PORTATTN_SANITIZE_ONLY") == "gluon"
 os.environ["PORTATTN_TRITON_GLUON"] = "0"
-for path in () if ONLY_GLUON else ("host", "1", "0"):
+for path in ("host", "1", "0"):
     os.environ["PORTATTN_TRITON_TMA"] = path
     for case in CASES:
         for seed in (0, 1):  # the second call launches the kept kernels directly (direct.py)
             result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16, seed=seed)
             print(f"tma={path} {result.id} seed={seed}: {result.status} {result.message[:200]}")
             failed += result.status != "pass"
-os.environ.pop("PORTATTN_TRITON_TMA", None)  # not set when ONLY_GLUON skipped the loop
+os.environ.pop("PORTATTN_TRITON_TMA")
 os.environ.pop("PORTATTN_TRITON_GLUON")
 for case in GLUON_CASES:
     for seed in (0, 1):
         result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16, seed=seed)
         print(f"gluon {result.id} seed={seed}: {result.status} {result.message[:200]}")
         failed += result.status != "pass"
-for case in [] if ONLY_GLUON else CASES:  # precision="fp8": the prepass and the e4m3 forward (FP8's tolerance)
+for case in CASES:  # precision="fp8": the prepass and the e4m3 forward (tolerance: FP8's error)
     q, k, v = make_inputs(case, "cuda", torch.bfloat16, seed=1)
     kw = {"causal": case.causal, "window": case.window, "softcap": case.softcap}
     out = portattn.attention(q, k, v, precision="fp8", **kw)
@@ -65,7 +67,9 @@ SPARSE_CASES = [  # (pattern, causal, seqlen_q, seqlen_k): partial tiles, tails,
     (lambda: sparse.bigbird(40, 32, 1, seed=2, block=32), False, 150, 97),
     (lambda: sparse.global_tokens([3, 70]) | sparse.random_blocks(1, seed=1), True, 300, 333),
 ]
-for make, causal, sq, sk in [] if ONLY_GLUON else SPARSE_CASES:
+if ONLY_GLUON:
+    SPARSE_CASES = []
+for make, causal, sq, sk in SPARSE_CASES:
     pattern = make()
     gen = torch.Generator(device="cuda").manual_seed(sq)
     q = torch.randn(1, sq, 4, 64, device="cuda", dtype=torch.bfloat16, generator=gen)
