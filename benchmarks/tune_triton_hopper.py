@@ -2,10 +2,13 @@
 
     python3 benchmarks/tune_triton_hopper.py [--seqlen 4096] [--tokens 16384] [--hidden 2048] [--json F]
         [--kernels fwd,dkdv,dq] [--head-dims 64,128] [--causal 0,1] [--ws-current] [--ws-wide] [--ws-scheduled]
+        [--ws-configs 'F,F,...;F,F,...'] [--rounds N]
 
 ``PORTATTN_TRITON_TMA`` (0, 1, host) forces the tile path; ``--json`` appends every result as a line.
 Kernel ``fwd`` is the Triton forward (set ``PORTATTN_TRITON_GLUON=0`` at head dims 64 and 128, where
 the Gluon forward takes the call); ``fwdws`` is the Gluon forward.
+``--ws-configs`` times the given ``WsConfig``s instead of the sweep (fields in order, flags as 0/1);
+``--rounds`` times the space that many times over, interleaved, so that host drift shows.
 
 Each config is checked against torch SDPA before it is timed (a fast wrong config must not win).
 """
@@ -39,12 +42,18 @@ DQ = [Config(*c) for c in [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 8, 3), (64
 # Key blocks of 64 and 2-stage rings lost everywhere in the first sweeps (results/h100_tune_fwdws_*).
 FWDWS = [WsConfig(64, 128, 3, 240, pp, pers) for pp in (False, True) for pers in (False, True)]
 FWDWS3 = [WsConfig(64, 128, 3, 160, False, pers, 3) for pers in (False, True)]
+# one key block at a time per consumer (overlap=False), d=64: four consumers fit the registers on 64-key
+# blocks only (ptxas spills at 128), and three on 128-key blocks
+FWDWS_SERIAL = [WsConfig(64, 64, st, 120, False, True, 4, overlap=False) for st in (4, 6)] + [
+    WsConfig(64, 128, 3, 160, False, True, 3, overlap=False)
+]
 # --ws-wide adds, at d=64: 4-stage rings and 256-key blocks (fewer, longer softmax steps)
 # the Gluon forward at precision="fp8" (fwdws8), per head dim
 FWDWS8 = {
     d: [WsConfig(64, bn, st, 240, pp, pers) for bn, st in blocks for pp in (False, True) for pers in (False, True)]
     for d, blocks in ((64, ((128, 3), (128, 4))), (128, ((128, 3), (128, 4))), (256, ((64, 3), (64, 2))))
 }
+WS_FLAGS = ("pingpong", "persistent", "scheduled", "overlap")
 FWDWS_WIDE = [WsConfig(64, 128, 4, 240, pp, True) for pp in (False, True)] + [
     WsConfig(64, 256, 2, 240, pp, True) for pp in (False, True)
 ]
@@ -63,6 +72,12 @@ def main() -> None:
     ap.add_argument("--ws-current", action="store_true", help="fwdws: only the shipped config")
     ap.add_argument("--ws-wide", action="store_true", help="fwdws at d=64: 4 stages and 256-key blocks too")
     ap.add_argument("--ws-scheduled", action="store_true", help="fwdws: each config persistent, snake and scheduled")
+    ap.add_argument(
+        "--ws-configs",
+        help="fwdws: these configs instead, ';'-separated WsConfig fields, e.g. "
+        "'64,128,3,240,0,1,2;64,64,6,120,0,1,4,0,0'",
+    )
+    ap.add_argument("--rounds", type=int, default=1, help="time the whole space this many times, interleaved")
     ap.add_argument("--json", help="append one JSON line per (config, shape) result to this file")
     args = ap.parse_args()
     for d in map(int, args.head_dims.split(",")):
@@ -78,9 +93,13 @@ def main() -> None:
             ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
             flops = 4 * b * h * s * s * d / (2 if causal else 1)
             configs.WS_OVERRIDE.clear()  # pick_ws must see the shipped table
-            ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + (FWDWS3 if d <= 64 else [])
+            ws_d64 = FWDWS3 + FWDWS_SERIAL if d <= 64 else []
+            ws_space = [configs.pick_ws(d, causal, s)] if args.ws_current else FWDWS + ws_d64
             if args.ws_wide and d <= 64:
                 ws_space = ws_space + FWDWS_WIDE
+            if args.ws_configs:
+                ws_space = [WsConfig(*(int(x) for x in spec.split(","))) for spec in args.ws_configs.split(";")]
+                ws_space = [cfg._replace(**{f: bool(getattr(cfg, f)) for f in WS_FLAGS}) for cfg in ws_space]
             if args.ws_scheduled:
                 ws_space = [cfg._replace(persistent=True, scheduled=s) for cfg in ws_space for s in (False, True)]
             ws8_space = [configs.pick_ws(d, causal, s, fp8=True)] if args.ws_current else FWDWS8[d]
@@ -89,7 +108,7 @@ def main() -> None:
                 if kernel not in args.kernels.split(","):
                     continue
                 results = []
-                for cfg in space:
+                for cfg in space * args.rounds:
                     configs.OVERRIDE.clear()
                     configs.WS_OVERRIDE[:] = [cfg] if kernel.startswith("fwdws") else []
                     if not kernel.startswith("fwdws"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,bench,fp8,atomic,offload,volta,ampere
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,tune64,bench,fp8,atomic,offload,volta,ampere
 #             (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
@@ -49,6 +49,21 @@ fi
 if has tune; then
   echo "== tuning"
   timeout 200 $PY benchmarks/tune_triton_hopper.py 2>&1 | tee "$OUT/tune.log" | grep best
+fi
+if has tune64; then
+  echo "== the Gluon forward at d=64: registers and stack per config, then shipped against serial candidates"
+  timeout 120 $PY benchmarks/gluon_sass.py --resources 2>/dev/null | tee "$OUT/gluon_resources.md"
+  PORTATTN_GPU_TEST_BACKENDS=triton_hopper timeout 200 $PY -m pytest -q -m "gpu or hopper" tests/test_gpu.py \
+    -k serial -p no:cacheprovider >"$OUT/serial_tests.log" 2>&1 || status=1
+  tail -1 "$OUT/serial_tests.log"
+  # shipped 2 and 3 consumers; serial 4 consumers (64-key blocks, 4 and 6 stages) and 3 consumers
+  cfgs="64,128,3,240,0,1,2;64,128,3,160,0,1,3;64,64,4,120,0,1,4,0,0;64,64,6,120,0,1,4,0,0;64,128,3,160,0,1,3,0,0"
+  for s in 1024 4096 16384; do
+    timeout 200 $PY benchmarks/tune_triton_hopper.py --kernels fwdws --head-dims 64 --causal 0,1 --seqlen $s \
+      --ws-configs "$cfgs" --rounds 2 --json "$OUT/tune64.jsonl" 2>&1 | grep -A4 best
+  done
+  timeout 100 $PY -m portattn bench --seqlens 1024 --head-dims 64 --mode fwd --no-progress --backends triton_hopper \
+    --baselines torch.sdpa.flash --json "$OUT/d64_1k_anchor.json" 2>&1 | tail -4
 fi
 if has bench; then
   echo "== benchmarks"

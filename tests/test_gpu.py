@@ -180,6 +180,31 @@ def test_gluon_forward_variants_on_gpu(case, variant, monkeypatch):
     assert result.status == "pass", result.message
 
 
+# one key block at a time per consumer (``WsConfig.overlap=False``): four consumers on 64-key blocks (a
+# 1k head is four whole 256-row tiles), and two or three consumers, on the d=64 cases
+SERIAL_VARIANTS = [
+    (case, variant)
+    for case in GLUON_CASES
+    if case.head_dim == 64
+    for variant in [(4, 64, 6, True), (4, 64, 4, False), (3, 128, 3, True), (2, 128, 3, True)]
+]
+
+
+@pytest.mark.hopper
+@pytest.mark.parametrize("case,variant", SERIAL_VARIANTS, ids=[f"{c.name}-{v}" for c, v in SERIAL_VARIANTS])
+def test_gluon_serial_consumers_on_gpu(case, variant, monkeypatch):
+    """The Gluon forward without the intra-warpgroup overlap, 2-4 consumers, against the reference."""
+    from portattn.backends.triton_hopper import configs
+
+    consumers, block_n, stages, persistent = variant
+    regs = {2: 240, 3: 160, 4: 120}[consumers]
+    cfg = configs.WsConfig(64, block_n, stages, regs, persistent=persistent, consumers=consumers, overlap=False)
+    monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
+    result = run_case("triton_hopper", case, device="cuda", dtype=torch.bfloat16)
+    result.raise_for_failure()
+    assert result.status == "pass", result.message
+
+
 # the scheduled walk (``WsConfig.scheduled``): a host-made tile list for causal-type bands, including
 # bottom-right bands with rows that see no key, GQA, short last tiles and programs with uneven lists
 SCHEDULED_CASES = [case for case in GLUON_CASES if case.causal] + [

@@ -44,7 +44,7 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: 
                      n_tiles="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
     constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
                  "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
-                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule}  # fmt: skip
+                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule, "OVERLAP": cfg.overlap}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -69,6 +69,19 @@ def _check_kernel(kernel, consumers: int) -> str:
 def test_gluon_forward_compiles_for_sm90(head_dim, causal, pingpong, consumers):
     kernel = _compile(head_dim, causal, pingpong, consumers, regs=160 if consumers == 3 else 240)
     _check_kernel(kernel, consumers)
+
+
+@pytest.mark.parametrize("consumers,block_n,regs", [(4, 64, 120), (3, 128, 160)])
+def test_gluon_serial_forward_compiles_for_sm90(consumers, block_n, regs):
+    """One key block at a time per consumer (``overlap=False``): the d=64 schedule that fits four consumer
+    warpgroups in the register file; each GEMM is waited for before the next is issued."""
+    from portattn.backends.triton_hopper import configs
+
+    cfg = configs.WsConfig(64, block_n, 6 if block_n == 64 else 3, regs, persistent=True, consumers=consumers,
+                           overlap=False)  # fmt: skip
+    kernel = _compile(64, False, False, consumers, regs, cfg=cfg)
+    _check_kernel(kernel, consumers)
+    assert "wgmma.wait_group.sync.aligned 0" in kernel.asm["ptx"]
 
 
 @pytest.mark.parametrize("head_dim,consumers", [(64, 2), (64, 3), (128, 2)])

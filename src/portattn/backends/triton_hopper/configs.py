@@ -85,10 +85,14 @@ class WsConfig(NamedTuple):
     consumer_regs: int  # registers per thread of each worker consumer warpgroup after setmaxnreg
     pingpong: bool = False  # the consumers take turns at issuing GEMMs
     persistent: bool = False  # one program per SM walks the tiles (else one program per tile)
-    consumers: int = 2  # consumer warpgroups per program (3: no ping-pong, and fewer registers each)
+    consumers: int = 2  # consumer warpgroups per program (3-4: no ping-pong, and fewer registers each)
     # persistent, causal-type band only: the host deals the tiles out, heaviest first, each to the program
     # with the least work so far (a band's tiles see unequal numbers of key blocks); else the snake walk
     scheduled: bool = False
+    # a consumer's S and the previous block's P V in flight together, softmax between (FlashAttention-3's
+    # intra-warpgroup overlap); False: one block at a time, fewer live registers (4 consumers fit on 64-key
+    # blocks), 16-bit only. Not shipped yet: benchmarks/tune_triton_hopper.py sweeps it at d=64
+    overlap: bool = True
 
 
 # sm90, 16-bit, head dim 64 or 128, no window or softcap: per (head dim, causal-type band), configs by

@@ -12,8 +12,9 @@ partitions:
   ``STAGES`` buffers, each guarded by a "ready" mbarrier per operand and an "empty" mbarrier that
   every consumer arrives on when it is done with the buffer; a persistent program's loader runs ahead
   into the next tile while the consumers finish this one;
-- two or three consumer warpgroups, ``BLOCK_M`` query rows each, run the asynchronous ``wgmma`` GEMMs
-  and the online softmax. Inside a consumer, the GEMMs overlap the softmax: ``S = Q K_j^T`` and
+- two to four consumer warpgroups, ``BLOCK_M`` query rows each, run the asynchronous ``wgmma`` GEMMs
+  and the online softmax. Inside a consumer (with ``OVERLAP``; without it, one block at a time, which
+  takes fewer registers and lets four consumers fit), the GEMMs overlap the softmax: ``S = Q K_j^T`` and
   ``O += P_{j-1} V_{j-1}`` are issued together, the softmax of block ``j`` runs as soon as ``S``
   lands, while ``P V`` is still in flight (in the source: ptxas 13.4 schedules the wait for ``P V``
   above the softmax, and forcing it below measured slower; ``benchmarks/gluon_sass.py``, RESULTS.md).
@@ -229,7 +230,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
                    band_hi, qk_scale, q_blocks, kv_blocks, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
                    PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr,
-                   FP8: gl.constexpr):  # fmt: skip
+                   FP8: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
     ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated. The
     output goes out through ``o_buf``: with ``O_APART`` a buffer of its own, and Q's buffer is released
@@ -268,51 +269,69 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
         if FP8:
             scale = qk_scale * gl.load(qs_ptr + bh * q_blocks + row0 // BLOCK_M)
             v_unit = gl.load(vs_ptr + kv_scales)
-        s = slot % STAGES
-        mbarrier.wait(k_bar.index(s), (slot // STAGES) & 1)
-        k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
-        _take_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
-        s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
-        turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
-        s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
-        block_scale = scale
-        if FP8:
-            block_scale = scale * gl.load(ks_ptr + kv_scales)
-        p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, block_scale,
-                                           full_blocks == 0, HAS_HI, P_SHIFT)  # fmt: skip
-        p_op = gl.convert_layout(p.to(p_dtype), p_layout)  # carried in the operand's width: fewer registers
-        for i in range(1, n_blocks):
-            prev = (slot + i - 1) % STAGES
-            s = (slot + i) % STAGES
-            if FP8:  # issued early: the loads' latency hides behind the GEMMs
-                block_scale = scale * gl.load(ks_ptr + kv_scales + i)
-                v_next = gl.load(vs_ptr + kv_scales + i)
-            mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)
-            mbarrier.wait(v_bar.index(prev), ((slot + i - 1) // STAGES) & 1)
+        if OVERLAP:
+            s = slot % STAGES
+            mbarrier.wait(k_bar.index(s), (slot // STAGES) & 1)
             k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
-            _take_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
+            _take_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
             s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
+            turns = _pass_turn(turn_bar, c, 0, n_issues_0, turns, PINGPONG)
+            s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
+            block_scale = scale
+            if FP8:
+                block_scale = scale * gl.load(ks_ptr + kv_scales)
+            p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, block_scale,
+                                               full_blocks == 0, HAS_HI, P_SHIFT)  # fmt: skip
+            p_op = gl.convert_layout(p.to(p_dtype), p_layout)  # carried in the operand's width: fewer registers
+            for i in range(1, n_blocks):
+                prev = (slot + i - 1) % STAGES
+                s = (slot + i) % STAGES
+                if FP8:  # issued early: the loads' latency hides behind the GEMMs
+                    block_scale = scale * gl.load(ks_ptr + kv_scales + i)
+                    v_next = gl.load(vs_ptr + kv_scales + i)
+                mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)
+                mbarrier.wait(v_bar.index(prev), ((slot + i - 1) // STAGES) & 1)
+                k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
+                _take_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
+                s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
+                acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
+                turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
+                s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
+                p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, block_scale,
+                                                   i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
+                acc = warpgroup_mma_wait(0, deps=(acc,))
+                p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+                mbarrier.arrive(empty_bar.index(prev), count=1)
+                if FP8:  # acc moves to the unit of the V block whose P V comes next
+                    alpha = alpha * (v_unit / v_next)
+                    v_unit = v_next
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            if O_APART:  # every S has landed: the loader may bring the next tile's Q while P V and the store run
+                mbarrier.arrive(q_free, count=1)
+            prev = (slot + n_blocks - 1) % STAGES
+            mbarrier.wait(v_bar.index(prev), ((slot + n_blocks - 1) // STAGES) & 1)
+            _take_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
             acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
-            turns = _pass_turn(turn_bar, c, i, n_issues_0, turns, PINGPONG)
-            s_raw = warpgroup_mma_wait(1, deps=(s_raw,))  # S lands; P V may still run
-            p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, block_scale,
-                                               i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
+            turns = _pass_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
             acc = warpgroup_mma_wait(0, deps=(acc,))
-            p_op = gl.convert_layout(p.to(p_dtype), p_layout)
             mbarrier.arrive(empty_bar.index(prev), count=1)
-            if FP8:  # acc moves to the unit of the V block whose P V comes next
-                alpha = alpha * (v_unit / v_next)
-                v_unit = v_next
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-        if O_APART:  # every S has landed: the loader may bring the next tile's Q while P V and the store run
-            mbarrier.arrive(q_free, count=1)
-        prev = (slot + n_blocks - 1) % STAGES
-        mbarrier.wait(v_bar.index(prev), ((slot + n_blocks - 1) // STAGES) & 1)
-        _take_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
-        acc = warpgroup_mma(p_op, _v_operand(v_smem, prev, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
-        turns = _pass_turn(turn_bar, c, n_blocks, n_issues_0, turns, PINGPONG)
-        acc = warpgroup_mma_wait(0, deps=(acc,))
-        mbarrier.arrive(empty_bar.index(prev), count=1)
+        else:  # one block at a time: S, softmax, P V; the other consumers fill the tensor cores meanwhile
+            for i in range(n_blocks):
+                s = (slot + i) % STAGES
+                mbarrier.wait(k_bar.index(s), ((slot + i) // STAGES) & 1)
+                k = k_smem.index(s).reshape([BLOCK_N, HEAD_D]).permute((1, 0))
+                s_raw = warpgroup_mma(q, k, s_zero, use_acc=False, is_async=True)
+                s_raw = warpgroup_mma_wait(0, deps=(s_raw,))
+                p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, scale,
+                                                   i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+                mbarrier.wait(v_bar.index(s), ((slot + i) // STAGES) & 1)
+                acc = warpgroup_mma(p_op, _v_operand(v_smem, s, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=(acc,))
+                mbarrier.arrive(empty_bar.index(s), count=1)
+            if O_APART:
+                mbarrier.arrive(q_free, count=1)
     elif O_APART:
         mbarrier.arrive(q_free, count=1)
     # the loader streams the blocks the other warpgroup needs: release them without reading
@@ -338,7 +357,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
               CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr,
-              SCHEDULE: gl.constexpr):  # fmt: skip
+              SCHEDULE: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every consumer takes, in one tuple so that the partition list names them once (a tuple
     would not keep the constexprs constant)."""
@@ -364,7 +383,7 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexp
                                           v_smem, o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr,
                                           vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, q_blocks, kv_blocks,
                                           GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                                          O_APART, FP8)  # fmt: skip
+                                          O_APART, FP8, OVERLAP)  # fmt: skip
             if not O_APART:
                 tma.store_wait(0)
                 mbarrier.arrive(q_free.index(qb), count=1)  # the loader may bring the next tile's Q
@@ -377,10 +396,11 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
                 heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks, kv_blocks, GROUP: gl.constexpr,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
                 HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
-                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False):  # fmt: skip
+                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False,
+                OVERLAP: gl.constexpr = True):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
-    BLOCK_M`` query rows (2 or 3 consumer warpgroups; ping-pong needs 2), ``n_m_tiles =
-    cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
+    BLOCK_M`` query rows (2 to 4 consumer warpgroups; ping-pong needs 2; ``OVERLAP=False`` is 16-bit
+    only), ``n_m_tiles = cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
     ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
     heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
     offset (key - query <= band_hi) when ``HAS_HI``. ``FP8``: Q and K are e4m3, V is e4m3 ``(batch,
@@ -388,7 +408,11 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     ``(batch, heads_q, q_blocks)`` per ``BLOCK_M`` query rows and ``ks``, ``vs`` ``(batch, heads_kv,
     kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused. ``SCHEDULE``:
     ``sched_ptr`` int32 ``[nprog + 1 offsets, then each program's tiles]`` (else unused)."""
-    gl.static_assert((CONSUMERS == 2) | ((CONSUMERS == 3) & (not PINGPONG)), "2 consumers, or 3 without ping-pong")
+    gl.static_assert(
+        (CONSUMERS == 2) | ((CONSUMERS >= 3) & (CONSUMERS <= 4) & (not PINGPONG)),
+        "2 consumers, or 3-4 without ping-pong",
+    )
+    gl.static_assert(OVERLAP | ((not FP8) & (not PINGPONG)), "FP8 and ping-pong overlap the GEMMs")
     dtype: gl.constexpr = q_desc.dtype
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -431,9 +455,9 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
         gl.warp_specialize(
             [
                 (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE)),
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
                 (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE)),
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
                            BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
@@ -441,19 +465,37 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
             [4, 1],
             [CONSUMER_REGS, 24],
         )  # fmt: skip
-    else:
+    elif CONSUMERS == 3:
         gl.warp_specialize(
             [
                 (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE)),
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
                 (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE)),
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
                 (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE)),
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
                 (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
                            seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
                            BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
             ],
             [4, 4, 1],
             [CONSUMER_REGS, CONSUMER_REGS, 24],
+        )  # fmt: skip
+    else:
+        gl.warp_specialize(
+            [
+                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
+                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
+                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
+                (_consumer, (3, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
+                             O_APART, FP8, SCHEDULE, OVERLAP)),
+                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
+                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
+            ],
+            [4, 4, 4, 1],
+            [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, 24],
         )  # fmt: skip

@@ -339,7 +339,7 @@ def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.
     constants = dict(
         GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
         HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
-        FP8=fp8, num_warps=4,
+        FP8=fp8, OVERLAP=cfg.overlap, num_warps=4,
     )  # fmt: skip
     tiles = None
     if schedule and cfg.scheduled and cfg.persistent and hi is not None and n_tiles <= _SCHEDULE_MAX_TILES:
