@@ -126,13 +126,18 @@ def _last_row0(m0, seqlen_q, BLOCK_M: gl.constexpr, CONSUMERS: gl.constexpr):
 
 
 @gluon.jit
-def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar, seqlen_q,
-            seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr,
-            FP8: gl.constexpr, SCHEDULE: gl.constexpr):  # fmt: skip
+def _loader(shared, GROUP: gl.constexpr, HAS_HI: gl.constexpr, CONSUMERS: gl.constexpr, SCHEDULE: gl.constexpr):
     """One warp: per tile, Q's parts (each once its consumer has stored its last output from that
     buffer), then K and V block by block into the ring. With two Q buffers per consumer the wait is
-    for the tile before the last, so the ring stays full across tile boundaries."""
+    for the tile before the last, so the ring stays full across tile boundaries. ``shared``: as for
+    ``_consumer``."""
+    (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
+     lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles,
+     q_blocks, kv_blocks) = shared  # fmt: skip
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    FP8: gl.constexpr = q_desc.dtype.primitive_bitwidth == 8
     Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     slot = 0  # ring slots filled so far
     n_done = 0  # tiles loaded so far
@@ -354,16 +359,20 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
 
 
 @gluon.jit
-def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-              HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, FP8: gl.constexpr,
-              SCHEDULE: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
+def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
+              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, SCHEDULE: gl.constexpr,
+              OVERLAP: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
-    values every consumer takes, in one tuple so that the partition list names them once (a tuple
-    would not keep the constexprs constant)."""
-    (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr,
-     ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks,
-     kv_blocks) = shared  # fmt: skip
+    values every partition takes, in one tuple so that the partition lists name them once (a tuple
+    would not keep the constexprs constant: the tile shapes are read off the descriptors and the ring)."""
+    (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar,
+     lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles,
+     q_blocks, kv_blocks) = shared  # fmt: skip
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    HEAD_D: gl.constexpr = k_desc.block_type.shape[3]
+    STAGES: gl.constexpr = k_smem.shape[0]
+    FP8: gl.constexpr = q_desc.dtype.primitive_bitwidth == 8
     Q_BUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
     o_buf = o_smem.index(c)
     slot = 0
@@ -447,55 +456,40 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
         mbarrier.init(empty_bar.index(s), count=CONSUMERS)  # every consumer releases each buffer
     fence_async_shared()
 
-    shared = (q_smem, k_smem, v_smem, o_smem, o_desc, q_bar, q_free, k_bar, v_bar, empty_bar, turn_bar, lse_ptr,
-              qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, n_m_tiles, n_tiles,
-              q_blocks, kv_blocks)  # fmt: skip
-    # the partition list must be a literal: a variable holding the partition functions does not compile
+    shared = (q_desc, k_desc, v_desc, o_desc, q_smem, k_smem, v_smem, o_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
+              turn_bar, lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale,
+              n_m_tiles, n_tiles, q_blocks, kv_blocks)  # fmt: skip
+    # the partition lists must be literals: a variable holding the partition functions does not compile
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
+                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_loader, (shared, GROUP, HAS_HI, CONSUMERS, SCHEDULE)),
             ],
             [4, 1],
             [CONSUMER_REGS, 24],
-        )  # fmt: skip
+        )
     elif CONSUMERS == 3:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
+                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (2, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_loader, (shared, GROUP, HAS_HI, CONSUMERS, SCHEDULE)),
             ],
             [4, 4, 1],
             [CONSUMER_REGS, CONSUMER_REGS, 24],
-        )  # fmt: skip
+        )
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_consumer, (1, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_consumer, (2, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_consumer, (3, shared, GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                             O_APART, FP8, SCHEDULE, OVERLAP)),
-                (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_free, k_bar, v_bar, empty_bar,
-                           seqlen_q, seqlen_k, heads_q, band_hi, n_m_tiles, n_tiles, sched_ptr, GROUP, BLOCK_M,
-                           BLOCK_N, STAGES, HAS_HI, CONSUMERS, FP8, SCHEDULE)),
+                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (2, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (3, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_loader, (shared, GROUP, HAS_HI, CONSUMERS, SCHEDULE)),
             ],
             [4, 4, 4, 1],
             [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, 24],
-        )  # fmt: skip
+        )
