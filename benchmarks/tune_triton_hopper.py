@@ -49,11 +49,18 @@ FWDWS_SERIAL = [WsConfig(64, 64, st, 120, False, True, 4, overlap=False) for st 
 ]
 # --ws-wide adds, at d=64: 4-stage rings and 256-key blocks (fewer, longer softmax steps)
 # the Gluon forward at precision="fp8" (fwdws8), per head dim
+# (the persistent ones also with permute_v: V^T's keys in P's register order)
 FWDWS8 = {
-    d: [WsConfig(64, bn, st, 240, pp, pers) for bn, st in blocks for pp in (False, True) for pers in (False, True)]
+    d: [
+        WsConfig(64, bn, st, 240, pp, pers, permute_v=pv)
+        for bn, st in blocks
+        for pp in (False, True)
+        for pers in (False, True)
+        for pv in ((False, True) if pers else (False,))
+    ]
     for d, blocks in ((64, ((128, 3), (128, 4))), (128, ((128, 3), (128, 4))), (256, ((64, 3), (64, 2))))
 }
-WS_FLAGS = ("pingpong", "persistent", "scheduled", "overlap")
+WS_FLAGS = ("pingpong", "persistent", "scheduled", "overlap", "permute_v")
 FWDWS_WIDE = [WsConfig(64, 128, 4, 240, pp, True) for pp in (False, True)] + [
     WsConfig(64, 256, 2, 240, pp, True) for pp in (False, True)
 ]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU tests, memcheck, (tuning,) benchmarks; logs and a short table land in $OUT.
 # Usage from the repo root on a CUDA machine:  bash scripts/gpu.sh [PHASES] [SEQLENS] [BASELINES]
-#   PHASES    comma list of tests,realtests,memcheck,fault,tune,tune64,bench,fp8,atomic,offload,volta,ampere
+#   PHASES    comma list of tests,realtests,memcheck,fault,tune,tune64,bench,fp8,fp8v,atomic,offload,volta,ampere
 #             (default tests,memcheck,bench)
 #   SEQLENS   for bench (default 1024,4096,16384)
 #   BASELINES for bench (default torch.sdpa.flash,torch.sdpa.cudnn,torch.sdpa.efficient,torch.flex)
@@ -64,6 +64,21 @@ if has tune64; then
   done
   timeout 100 $PY -m portattn bench --seqlens 1024 --head-dims 64 --mode fwd --no-progress --backends triton_hopper \
     --baselines torch.sdpa.flash --json "$OUT/d64_1k_anchor.json" 2>&1 | tail -4
+fi
+if has fp8v; then
+  echo "== precision='fp8' with V^T's keys in P's register order (permute_v): FP8 tests, then plain against permuted"
+  PORTATTN_GPU_TEST_BACKENDS=triton_hopper timeout 200 $PY -m pytest -q -m "gpu or hopper" tests/test_gpu.py \
+    -k fp8 -p no:cacheprovider >"$OUT/fp8v_tests.log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)" "$OUT/fp8v_tests.log" | head -20
+  tail -1 "$OUT/fp8v_tests.log"
+  for d in 128 256; do
+    bn=$([ $d = 256 ] && echo 64 || echo 128)
+    for s in 1024 4096 16384; do
+      timeout 150 $PY benchmarks/tune_triton_hopper.py --kernels fwdws8 --head-dims $d --causal 0,1 --seqlen $s \
+        --ws-configs "64,$bn,3,240,0,1,2;64,$bn,3,240,0,1,2,0,1,1" --rounds 2 --json "$OUT/tune_fp8v.jsonl" 2>&1 \
+        | grep -A3 best
+    done
+  done
 fi
 if has bench; then
   echo "== benchmarks"

@@ -101,3 +101,38 @@ def test_float8_inputs_are_validated_before_any_kernel():
         portattn.attention(*(torch.randn(2, 9, 2, 16) for _ in range(3)), q_descale=qd)
     with pytest.raises(portattn.NoBackendError, match="dtype float8_e4m3fn not supported"):
         portattn.attention(q8, k8, v8, precision="fp8", q_descale=qd, k_descale=kd, v_descale=vd)
+
+
+def test_p_operand_key_order_is_the_kernels_relabelling():
+    """The V^T key order of ``permute_v`` is a permutation within each 32 keys, and it is what the Gluon
+    forward's reshape (row, 32 keys, h, j, t, e) -> permute (h, t, j, e) does to P's columns, so
+    ``P' V'`` sums the same products as ``P V``."""
+    order = quant.p_operand_key_order(128)
+    assert sorted(order.tolist()) == list(range(128))
+    assert torch.equal(order // 32, torch.arange(128) // 32)
+    relabelled = torch.arange(128).reshape(4, 2, 2, 4, 2).permute(0, 1, 3, 2, 4).reshape(128)
+    assert torch.equal(order, relabelled)
+    # thread t's accumulator columns (2t, 2t+1, 8+2t, 9+2t) fill its operand slots 4t .. 4t+3
+    for t in range(4):
+        assert order[4 * t : 4 * t + 4].tolist() == [2 * t, 2 * t + 1, 8 + 2 * t, 9 + 2 * t]
+    gen = torch.Generator().manual_seed(3)
+    p, v = (
+        torch.rand(5, 128, generator=gen, dtype=torch.float64),
+        torch.randn(128, 7, generator=gen, dtype=torch.float64),
+    )
+    torch.testing.assert_close(p[:, order] @ v[order], p @ v)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        quant.p_operand_key_order(48)
+
+
+def test_prequantized_v_takes_the_key_order():
+    """Caller-quantized V, transposed for the FP8 MMA with ``permute_keys``: the plain layout's keys, reordered."""
+    from portattn.backends.triton_hopper import launch
+
+    gen = torch.Generator().manual_seed(4)
+    v8, descale = quant.quantize_per_kv_head(torch.randn(2, 70, 2, 24, generator=gen), 2)
+    plain, plain_scales = launch._pad_prequantized(v8, descale, 64, 32, True, 1)
+    permuted, scales = launch._pad_prequantized(v8, descale, 64, 32, True, 1, permute_keys=True)
+    assert permuted.shape == plain.shape == (2, 32, 2, 128) and torch.equal(scales, plain_scales)
+    order = quant.p_operand_key_order(128)
+    assert torch.equal(permuted.view(torch.int8), plain[..., order].view(torch.int8))

@@ -357,7 +357,8 @@ def test_fp8_forward_on_gpu(case, monkeypatch):
     assert (lse.double() - exact_lse.double())[~empty].abs().max() < 0.2
 
 
-FP8_VARIANTS = [(1, 0, 2), (0, 1, 3), (1, 1, 4)]  # (pingpong, persistent, stages)
+# (pingpong, persistent, stages, permute_v: V^T's keys in P's register order)
+FP8_VARIANTS = [(1, 0, 2, 0), (0, 1, 3, 0), (1, 1, 4, 0), (0, 1, 3, 1), (1, 0, 2, 1)]
 
 
 @pytest.mark.hopper
@@ -367,11 +368,11 @@ def test_fp8_gluon_variants_on_gpu(variant, head_dim, monkeypatch):
     """The Gluon FP8 forward's schedule options, causal with odd lengths and GQA: against the emulation."""
     from portattn.backends.triton_hopper import configs, quant
 
-    pingpong, persistent, stages = variant
+    pingpong, persistent, stages, permute = variant
     gen = torch.Generator(device="cuda").manual_seed(head_dim)
     q = torch.randn(2, 777, 8, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
     k, v = (torch.randn(2, 1001, 2, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
-    cfg = configs.WsConfig(64, 128, stages, 240, bool(pingpong), bool(persistent))
+    cfg = configs.WsConfig(64, 128, stages, 240, bool(pingpong), bool(persistent), permute_v=bool(permute))
     monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
     out = portattn.attention(q, k, v, precision="fp8", causal=True)
     emu = quant.emulated_attention(q, k, v, cfg.block_m, cfg.block_n, causal=True)[0]
@@ -401,9 +402,14 @@ def test_fp8_accuracy_ordering_on_outliers(head_dim):
 
 
 @pytest.mark.hopper
-def test_fp8_prequantized_inputs_on_gpu():
-    """FA3's API shape: float8 inputs with (batch, heads_kv) descales, GQA, causal, odd lengths."""
-    from portattn.backends.triton_hopper import quant
+@pytest.mark.parametrize("permute_v", [False, True])
+def test_fp8_prequantized_inputs_on_gpu(permute_v, monkeypatch):
+    """FA3's API shape: float8 inputs with (batch, heads_kv) descales, GQA, causal, odd lengths; V^T's
+    keys in plain order or in P's register order."""
+    from portattn.backends.triton_hopper import configs, quant
+
+    cfg = configs.pick_ws(128, True, 1333, fp8=True)._replace(permute_v=permute_v)
+    monkeypatch.setattr(configs, "WS_OVERRIDE", [cfg])
 
     gen = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(2, s, h, 128, generator=gen) for s, h in ((1000, 8), (1333, 2), (1333, 2)))

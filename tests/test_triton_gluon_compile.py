@@ -44,7 +44,8 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: 
                      n_tiles="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
     constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
                  "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
-                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule, "OVERLAP": cfg.overlap}  # fmt: skip
+                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule, "OVERLAP": cfg.overlap,
+                 "PERMUTE_V": cfg.permute_v}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
@@ -99,6 +100,22 @@ def test_gluon_fp8_forward_compiles_for_sm90(head_dim, causal):
     ptx = _check_kernel(kernel, 2)
     assert "e4m3.e4m3" in ptx, "the GEMMs must run on e4m3 operands"
     assert "cvt.rn.satfinite.e4m3x2.f32" in ptx, "P must be cast to e4m3 in registers"
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_gluon_fp8_permuted_v_takes_p_without_shuffles(head_dim):
+    """``permute_v``: with V^T's keys in P's register order, P goes from the accumulator of ``S`` to the
+    A operand of ``P V`` without moving between threads (the plain kernel shuffles it: 30 or more
+    ``shfl.sync.idx`` in the PTX; the row max and sum use ``bfly`` shuffles in both)."""
+    from portattn.backends.triton_hopper import configs
+
+    counts = {}
+    for permute in (False, True):
+        cfg = configs.pick_ws(head_dim, True, 4096, fp8=True)._replace(permute_v=permute)
+        ptx = _check_kernel(_compile(head_dim, True, False, 2, regs=240, fp8=True, cfg=cfg), 2)
+        counts[permute] = (ptx.count("shfl.sync.idx"), ptx.count("prmt"))
+    assert counts[False][0] >= 30 and counts[True][0] <= 4, counts
+    assert counts[True][1] < counts[False][1], counts
 
 
 def test_gluon_forward_reason_off_gpu():

@@ -131,3 +131,22 @@ def test_prequantized_float8_inputs_with_descales(monkeypatch, path, head_dim):
     err = (out.double() - want.double()).abs()  # only P's e4m3 rounding and the bf16 output differ
     assert err.max() < 2**-4 * vx.abs().max() + 0.01 and err.mean() < 0.01, (err.max(), err.mean())
     assert (lse.double() - want_lse.double()).abs().max() < 1e-3
+
+
+def test_prepass_permutes_v_keys():
+    """``permute_keys`` (the Gluon forward's ``permute_v``): V^T holds the plain prepass's values, its keys
+    reordered within each 32 by ``quant.p_operand_key_order``; Q, K and the scales are untouched. Two key
+    tiles of 32, the second one mostly padding."""
+    torch.manual_seed(2)
+    q = torch.randn(1, 20, 2, 32, dtype=torch.bfloat16)
+    k = torch.randn(1, 45, 1, 32, dtype=torch.bfloat16)
+    v = torch.randn(1, 45, 1, 16, dtype=torch.bfloat16)
+    plain = launch._quantize_qkv(q, k, v, 16, 32, None)
+    permuted = launch._quantize_qkv(q, k, v, 16, 32, None, permute_keys=True)
+    order = quant.p_operand_key_order(64)
+    for i, (a, b) in enumerate(zip(plain, permuted, strict=True)):
+        want = a[..., order] if i == 4 else a
+        assert torch.equal(b.view(torch.int8) if b.dtype != torch.float32 else b,
+                           want.view(torch.int8) if want.dtype != torch.float32 else want), i  # fmt: skip
+    with pytest.raises(ValueError, match="multiple of 32"):
+        launch._quantize_qkv(q, k, v, 16, 16, None, permute_keys=True)

@@ -93,6 +93,9 @@ class WsConfig(NamedTuple):
     # intra-warpgroup overlap); False: one block at a time, fewer live registers (4 consumers fit on 64-key
     # blocks), 16-bit only. Not shipped yet: benchmarks/tune_triton_hopper.py sweeps it at d=64
     overlap: bool = True
+    # precision="fp8": the prepass stores V^T's keys in the order P's registers come in, so that P feeds
+    # P V without shuffles (quant.p_operand_key_order). Not shipped yet: tuned with --kernels fwdws8
+    permute_v: bool = False
 
 
 # sm90, 16-bit, head dim 64 or 128, no window or softcap: per (head dim, causal-type band), configs by

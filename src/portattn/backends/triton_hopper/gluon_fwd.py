@@ -230,12 +230,25 @@ def _v_operand(v_smem, s, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, FP8: gl.c
 
 
 @gluon.jit
+def _p_operand(p, p_dtype: gl.constexpr, p_layout: gl.constexpr, PERMUTE_V: gl.constexpr):
+    """P ``(BLOCK_M, BLOCK_N)`` float32 as the A operand of ``P V``. With ``PERMUTE_V`` (FP8; V^T's keys in
+    ``quant.p_operand_key_order``) its columns are relabelled to match: slot ``16h + 4t + 2j + e`` of each
+    32 takes column ``16h + 8j + 2t + e``, which a thread already holds, so the layout change needs no
+    shuffles between threads."""
+    x = p.to(p_dtype)
+    if PERMUTE_V:
+        x = gl.reshape(x, [x.shape[0], x.shape[1] // 32, 2, 2, 4, 2])  # (row, 32 keys, h, j, t, e)
+        x = gl.reshape(gl.permute(x, (0, 1, 2, 4, 3, 5)), [p.shape[0], p.shape[1]])  # (row, 32 keys, h, t, j, e)
+    return gl.convert_layout(x, p_layout)
+
+
+@gluon.jit
 def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_free, k_smem, v_smem, o_desc,
                    k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr, vs_ptr, seqlen_q, seqlen_k, heads_q,
                    band_hi, qk_scale, q_blocks, kv_blocks, GROUP: gl.constexpr, BLOCK_M: gl.constexpr,
                    BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr, HAS_HI: gl.constexpr,
                    PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr, O_APART: gl.constexpr,
-                   FP8: gl.constexpr, OVERLAP: gl.constexpr):  # fmt: skip
+                   FP8: gl.constexpr, OVERLAP: gl.constexpr, PERMUTE_V: gl.constexpr):  # fmt: skip
     """Query rows ``[m0 + c*BLOCK_M, m0 + (c+1)*BLOCK_M)`` of one tile, Q already in ``q``. ``slot``:
     ring slots consumed before this tile, ``turns`` paired GEMM issues; returns both updated. The
     output goes out through ``o_buf``: with ``O_APART`` a buffer of its own, and Q's buffer is released
@@ -287,7 +300,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
                 block_scale = scale * gl.load(ks_ptr + kv_scales)
             p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, 0, rows, seqlen_k, band_hi, block_scale,
                                                full_blocks == 0, HAS_HI, P_SHIFT)  # fmt: skip
-            p_op = gl.convert_layout(p.to(p_dtype), p_layout)  # carried in the operand's width: fewer registers
+            p_op = _p_operand(p, p_dtype, p_layout, PERMUTE_V)  # carried in the operand's width: fewer registers
             for i in range(1, n_blocks):
                 prev = (slot + i - 1) % STAGES
                 s = (slot + i) % STAGES
@@ -305,7 +318,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
                 p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, block_scale,
                                                    i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
                 acc = warpgroup_mma_wait(0, deps=(acc,))
-                p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+                p_op = _p_operand(p, p_dtype, p_layout, PERMUTE_V)
                 mbarrier.arrive(empty_bar.index(prev), count=1)
                 if FP8:  # acc moves to the unit of the V block whose P V comes next
                     alpha = alpha * (v_unit / v_next)
@@ -330,7 +343,7 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
                 p, m_i, l_i, alpha = _softmax_step(s_raw, m_i, l_i, i * BLOCK_N, rows, seqlen_k, band_hi, scale,
                                                    i >= full_blocks, HAS_HI, P_SHIFT)  # fmt: skip
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
-                p_op = gl.convert_layout(p.to(p_dtype), p_layout)
+                p_op = _p_operand(p, p_dtype, p_layout, PERMUTE_V)
                 mbarrier.wait(v_bar.index(s), ((slot + i) // STAGES) & 1)
                 acc = warpgroup_mma(p_op, _v_operand(v_smem, s, BLOCK_N, HEAD_D, FP8), acc, is_async=True)
                 acc = warpgroup_mma_wait(0, deps=(acc,))
@@ -360,8 +373,8 @@ def _consumer_tile(c: gl.constexpr, m0, bh, b, h, hk, slot, turns, q, o_buf, q_f
 
 @gluon.jit
 def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr,
-              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, SCHEDULE: gl.constexpr,
-              OVERLAP: gl.constexpr):  # fmt: skip
+              CONSUMERS: gl.constexpr, O_APART: gl.constexpr, SCHEDULE: gl.constexpr, OVERLAP: gl.constexpr,
+              PERMUTE_V: gl.constexpr):  # fmt: skip
     """One warpgroup: its ``BLOCK_M`` rows of each of this program's tiles. ``shared``: the runtime
     values every partition takes, in one tuple so that the partition lists name them once (a tuple
     would not keep the constexprs constant: the tile shapes are read off the descriptors and the ring)."""
@@ -392,7 +405,7 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, HAS_HI: gl.constexpr
                                           v_smem, o_desc, k_bar, v_bar, empty_bar, turn_bar, lse_ptr, qs_ptr, ks_ptr,
                                           vs_ptr, seqlen_q, seqlen_k, heads_q, band_hi, qk_scale, q_blocks, kv_blocks,
                                           GROUP, BLOCK_M, BLOCK_N, HEAD_D, STAGES, HAS_HI, PINGPONG, CONSUMERS,
-                                          O_APART, FP8, OVERLAP)  # fmt: skip
+                                          O_APART, FP8, OVERLAP, PERMUTE_V)  # fmt: skip
             if not O_APART:
                 tma.store_wait(0)
                 mbarrier.arrive(q_free.index(qb), count=1)  # the loader may bring the next tile's Q
@@ -406,7 +419,7 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
                 BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
                 HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
                 CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False,
-                OVERLAP: gl.constexpr = True):  # fmt: skip
+                OVERLAP: gl.constexpr = True, PERMUTE_V: gl.constexpr = False):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
     BLOCK_M`` query rows (2 to 4 consumer warpgroups; ping-pong needs 2; ``OVERLAP=False`` is 16-bit
     only), ``n_m_tiles = cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
@@ -422,6 +435,7 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
         "2 consumers, or 3-4 without ping-pong",
     )
     gl.static_assert(OVERLAP | ((not FP8) & (not PINGPONG)), "FP8 and ping-pong overlap the GEMMs")
+    gl.static_assert(FP8 | (not PERMUTE_V), "V^T's keys are permuted in FP8 only")
     dtype: gl.constexpr = q_desc.dtype
     k_smem = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
@@ -463,8 +477,8 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     if CONSUMERS == 2:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
-                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
+                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
                 (_loader, (shared, GROUP, HAS_HI, CONSUMERS, SCHEDULE)),
             ],
             [4, 1],
@@ -473,9 +487,9 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     elif CONSUMERS == 3:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
-                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
-                (_consumer, (2, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
+                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
+                (_consumer, (2, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
                 (_loader, (shared, GROUP, HAS_HI, CONSUMERS, SCHEDULE)),
             ],
             [4, 4, 1],
@@ -484,10 +498,10 @@ def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr,
     else:
         gl.warp_specialize(
             [
-                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
-                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
-                (_consumer, (2, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
-                (_consumer, (3, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP)),
+                (_consumer, (0, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
+                (_consumer, (1, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
+                (_consumer, (2, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
+                (_consumer, (3, shared, GROUP, HAS_HI, PINGPONG, CONSUMERS, O_APART, SCHEDULE, OVERLAP, PERMUTE_V)),
                 (_loader, (shared, GROUP, HAS_HI, CONSUMERS, SCHEDULE)),
             ],
             [4, 4, 4, 1],

@@ -444,11 +444,14 @@ def attn_fwd(Q, K, V, Out, LSE, QS, KS, VS, WALK, TILE_START, TILE_MASK, MASKS, 
 @triton.jit
 def _quantize_rows(X, Y, SCALE, M, blk, b, h, heads, stride_xb, stride_xs, stride_xh, stride_yb, stride_ys,
                    stride_yh, seqlen, dim, rotation_scale, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                   ROTATE: tl.constexpr, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                   ROTATE: tl.constexpr, TRANSPOSE: tl.constexpr, UPCAST: tl.constexpr,
+                   PERMUTE_KEYS: tl.constexpr = False):  # fmt: skip
     """Rows ``[blk*BLOCK, (blk+1)*BLOCK)`` of head ``h`` of ``X`` ``(batch, seqlen, heads, dim)``, rotated
     if ``ROTATE`` (see ``_quantize_tile``), stored as e4m3 in ``Y`` ``(batch, seqlen_pad, heads,
     BLOCK_D)``, or if ``TRANSPOSE`` ``(batch, BLOCK_D, heads, seqlen_pad)`` (``stride_ys`` then steps a
-    dim); rows past ``seqlen`` become zeros. The scale goes to ``SCALE[b, h, blk]``."""
+    dim); rows past ``seqlen`` become zeros. The scale goes to ``SCALE[b, h, blk]``. ``PERMUTE_KEYS``
+    (with ``TRANSPOSE``): each 32 keys in ``quant.p_operand_key_order`` (key ``16h + 8j + 2t + e`` to
+    slot ``16h + 4t + 2j + e``; ``BLOCK`` is a multiple of 32)."""
     rows = blk * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows[:, None] < seqlen) & (cols[None, :] < dim)
@@ -456,7 +459,10 @@ def _quantize_rows(X, Y, SCALE, M, blk, b, h, heads, stride_xb, stride_xs, strid
     y, scale = _quantize_tile(x, M, rotation_scale, BLOCK_D, ROTATE, UPCAST)
     base = Y + b * stride_yb + h * stride_yh
     if TRANSPOSE:
-        tl.store(base + cols[:, None] * stride_ys + rows[None, :], tl.trans(y))
+        slots = rows
+        if PERMUTE_KEYS:
+            slots = (rows & ~31) | (rows & 16) | (((rows >> 1) & 3) << 2) | (((rows >> 3) & 1) << 1) | (rows & 1)
+        tl.store(base + cols[:, None] * stride_ys + slots[None, :], tl.trans(y))
     else:
         tl.store(base + rows[:, None] * stride_ys + cols[None, :], y)
     tl.store(SCALE + (b * heads + h) * tl.cdiv(seqlen, BLOCK) + blk, scale)
@@ -468,11 +474,13 @@ def quantize_qkv(Q, K, V, QY, KY, VY, QS, KS, VS, M,
                  stride_qyb, stride_qys, stride_qyh, stride_kyb, stride_kys, stride_kyh,
                  stride_vyb, stride_vys, stride_vyh, seqlen_q, seqlen_k, heads_q, heads_kv, dim, dim_v,
                  rotation_scale, BLOCK_Q: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_DV: tl.constexpr, ROTATE: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
+                 BLOCK_DV: tl.constexpr, ROTATE: tl.constexpr, UPCAST: tl.constexpr,
+                 PERMUTE_KEYS: tl.constexpr = False):  # fmt: skip
     """The FP8 prepass of Q, K and V in one launch (one read of each): Q and K rotated if ``ROTATE``, in
     tiles of ``BLOCK_Q`` and ``BLOCK_KV`` rows (the forward's tiles: one scale each), V in tiles of
-    ``BLOCK_KV`` and transposed. Grid ``(max blocks, batch*heads_q, 3)``; axis 2 picks the operand, and
-    programs past an operand's blocks or heads return (a launch costs the host more than they do)."""
+    ``BLOCK_KV`` and transposed (its keys in ``quant.p_operand_key_order`` with ``PERMUTE_KEYS``). Grid
+    ``(max blocks, batch*heads_q, 3)``; axis 2 picks the operand, and programs past an operand's blocks
+    or heads return (a launch costs the host more than they do)."""
     blk = tl.program_id(0)
     bh = tl.program_id(1)
     which = tl.program_id(2)
@@ -489,7 +497,7 @@ def quantize_qkv(Q, K, V, QY, KY, VY, QS, KS, VS, M,
         else:
             _quantize_rows(V, VY, VS, M, blk, bh // heads_kv, bh % heads_kv, heads_kv, stride_vb, stride_vs,
                            stride_vh, stride_vyb, stride_vys, stride_vyh, seqlen_k, dim_v, 1.0, BLOCK_KV,
-                           BLOCK_DV, False, True, UPCAST)  # fmt: skip
+                           BLOCK_DV, False, True, UPCAST, PERMUTE_KEYS)  # fmt: skip
 
 
 @triton.jit

@@ -339,7 +339,7 @@ def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.
     constants = dict(
         GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
         HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
-        FP8=fp8, OVERLAP=cfg.overlap, num_warps=4,
+        FP8=fp8, OVERLAP=cfg.overlap, PERMUTE_V=fp8 and cfg.permute_v, num_warps=4,
     )  # fmt: skip
     tiles = None
     if schedule and cfg.scheduled and cfg.persistent and hi is not None and n_tiles <= _SCHEDULE_MAX_TILES:
@@ -548,13 +548,16 @@ def _pattern_walk(call: AttentionCall, axis: str, block: int, other_block: int, 
 
 def _quantize_qkv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_kv: int, rotation: torch.Tensor | None,
-    num_warps: int = 4,
+    num_warps: int = 4, permute_keys: bool = False,
 ) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """The FP8 prepass, one launch: ``(q8, qs, k8, ks, v8, vs)``. Q and K ``(batch, seqlen, heads, dim)``
     are rotated by ``rotation`` (``quant.signed_hadamard`` in their dtype; None: not rotated) into e4m3
     ``(batch, seqlen_pad, heads, dim_pad)``; V becomes ``(batch, dim_v_pad, heads, seqlen_k_pad)``. Each
     seqlen is padded with zeros to a multiple of its tile (``block_q`` for Q, ``block_kv`` for K and V),
-    and each tile of each head has one float32 scale: ``(batch, heads, seqlen_pad / block)``."""
+    and each tile of each head has one float32 scale: ``(batch, heads, seqlen_pad / block)``.
+    ``permute_keys``: V^T's keys in ``quant.p_operand_key_order`` (the Gluon forward's ``permute_v``)."""
+    if permute_keys and block_kv % 32:
+        raise ValueError(f"permute_keys needs key tiles of a multiple of 32, got block_kv={block_kv}")
     b, sq, hq, d = q.shape
     sk, hk, dv = k.shape[1], k.shape[2], v.shape[3]
     dp, dvp = _block_d(d), _block_d(dv)
@@ -569,23 +572,25 @@ def _quantize_qkv(
     q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
     # every value Triton specializes on: the outputs' layouts follow from these
     key = (q.shape, k.shape, v.shape, q.dtype, q.stride(), k.stride(), v.stride(), block_q, block_kv,
-           rotation is not None, num_warps, _aligned_bases(q, k, v, q8, k8, v8, qs, ks, vs))  # fmt: skip
+           rotation is not None, num_warps, permute_keys, _aligned_bases(q, k, v, q8, k8, v8, qs, ks, vs))  # fmt: skip
     direct.launch(
         kernels.quantize_qkv, (max(q_blocks, kv_blocks), b * hq, 3), key,
         q, k, v, q8, k8, v8, qs, ks, vs, rotation if rotation is not None else qs, *_bsh(q), *_bsh(k), *_bsh(v),
         q8.stride(0), q8.stride(1), q8.stride(2), k8.stride(0), k8.stride(1), k8.stride(2),
         v8.stride(0), v8.stride(1), v8.stride(2), sq, sk, hq, hk, d, dv, 1.0 / math.sqrt(dp),
         BLOCK_Q=block_q, BLOCK_KV=block_kv, BLOCK_D=dp, BLOCK_DV=dvp, ROTATE=rotation is not None,
-        UPCAST=interpreting(), num_warps=num_warps,
+        UPCAST=interpreting(), PERMUTE_KEYS=permute_keys, num_warps=num_warps,
     )  # fmt: skip
     return q8, qs, k8, ks, v8, vs
 
 
-def _quantize_per_tensor(x: torch.Tensor, block: int, dim_pad: int, transpose: bool) -> tuple[torch.Tensor, ...]:
+def _quantize_per_tensor(
+    x: torch.Tensor, block: int, dim_pad: int, transpose: bool, permute_keys: bool = False
+) -> tuple[torch.Tensor, ...]:
     """The accuracy baseline: one scale for the whole tensor (no rotation), laid out as ``_quantize_qkv``'s."""
     values, scale = quant.quantize_tensor(x)
     descale = scale.to(x.device).expand(x.shape[0], x.shape[2])
-    return _pad_prequantized(values.to(x.device), descale, block, dim_pad, transpose, 1)
+    return _pad_prequantized(values.to(x.device), descale, block, dim_pad, transpose, 1, permute_keys)
 
 
 def _block_scales(descale: torch.Tensor, group: int, blocks: int) -> torch.Tensor:
@@ -596,16 +601,21 @@ def _block_scales(descale: torch.Tensor, group: int, blocks: int) -> torch.Tenso
 
 
 def _pad_prequantized(
-    x: torch.Tensor, descale: torch.Tensor, block: int, dim_pad: int, transpose: bool, group: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, descale: torch.Tensor, block: int, dim_pad: int, transpose: bool, group: int,
+    permute_keys: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Caller-quantized float8 ``x`` ``(batch, seqlen, heads, dim)`` with its FA3 descale ``(batch,
-    heads_kv)`` in ``_quantize_qkv``'s layout: zero-padded values and per-block scales."""
+    heads_kv)`` in ``_quantize_qkv``'s layout: zero-padded values and per-block scales (``permute_keys``
+    with ``transpose``: the keys in ``quant.p_operand_key_order``)."""
     b, s, h, d = x.shape
     blocks = triton.cdiv(s, block)
     padded = torch.zeros(b, blocks * block, h, dim_pad, dtype=x.dtype, device=x.device)
     padded[:, :s, :, :d] = x
     if transpose:
-        padded = padded.permute(0, 3, 2, 1).contiguous()
+        padded = padded.permute(0, 3, 2, 1)
+        if permute_keys:
+            padded = padded[..., quant.p_operand_key_order(padded.shape[-1]).to(x.device)]
+        padded = padded.contiguous()
     return padded, _block_scales(descale, group, blocks)
 
 
@@ -642,6 +652,7 @@ def forward_fp8(
     gluon = p_shift == 8.0 and gluon_fp8_reason(call, cap) is None
     cfg = _fp8_config(call, cap, gluon)
     bm, bn = cfg.block_m, cfg.block_n
+    permute = gluon and cfg.permute_v  # V^T's keys in the order P's registers come in
     dp, dvp = _block_d(call.head_dim), _block_d(call.head_dim_v)
     if prequantized:
         q_descale, k_descale, v_descale = call.descale
@@ -653,14 +664,14 @@ def forward_fp8(
         if not _tma_aligned(q8, k8):  # descriptors cannot take them as they are
             q8, qs = _pad_prequantized(q, q_descale, bm, dp, False, call.group_size)
             k8, ks = _pad_prequantized(k, k_descale, bn, dp, False, 1)
-        v8, vs = _pad_prequantized(v, v_descale, bn, dvp, True, 1)
+        v8, vs = _pad_prequantized(v, v_descale, bn, dvp, True, 1, permute)
     elif per_tensor:
         q8, qs = _quantize_per_tensor(q, bm, dp, False)
         k8, ks = _quantize_per_tensor(k, bn, dp, False)
-        v8, vs = _quantize_per_tensor(v, bn, dvp, True)
+        v8, vs = _quantize_per_tensor(v, bn, dvp, True, permute)
     else:
         rotation = quant.signed_hadamard(dp, q.device, q.dtype) if rotate else None
-        q8, qs, k8, ks, v8, vs = _quantize_qkv(q, k, v, bm, bn, rotation)
+        q8, qs, k8, ks, v8, vs = _quantize_qkv(q, k, v, bm, bn, rotation, permute_keys=permute)
     if gluon:
         _forward_gluon(call, q8, k8, v8, out, lse, (qs, ks, vs))
         return out, lse
