@@ -44,13 +44,13 @@ def _tool(name: str) -> str:
 
 def resources() -> None:
     """Registers per thread at launch and stack bytes of each config's cubin (Triton's ptxas)."""
+    from tune_triton_hopper import FWDWS_SERIAL
+
     from portattn.backends.triton_hopper import configs
 
-    serial = [configs.WsConfig(64, 64, st, 120, persistent=True, consumers=4, overlap=False) for st in (4, 6)]
-    serial.append(configs.WsConfig(64, 128, 3, 160, persistent=True, consumers=3, overlap=False))
     rows = [(d, causal, f"<= {longest or 'any'}", cfg) for (d, causal), table in configs.SM90_WS.items()
             for longest, cfg in table]  # fmt: skip
-    rows += [(64, causal, "candidate", cfg) for cfg in serial for causal in (False, True)]
+    rows += [(64, causal, "candidate", cfg) for cfg in FWDWS_SERIAL for causal in (False, True)]
     print(f"triton {triton.__version__}")
     print("| d | causal | keys | consumers | block_n | stages | regs asked | overlap | REG | STACK |")
     print("|---|---|---|---|---|---|---|---|---|---|")

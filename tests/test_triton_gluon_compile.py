@@ -42,9 +42,8 @@ def _compile(head_dim: int, causal: bool, pingpong: bool, consumers: int, regs: 
                      seqlen_q="i32",
                      seqlen_k="i32", heads_q="i32", band_hi="i32", qk_scale="fp32", n_m_tiles="i32",
                      n_tiles="i32", q_blocks="i32", kv_blocks="i32")  # fmt: skip
-    constants = {"GROUP": 2, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "HEAD_D": head_dim,
-                 "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
-                 "CONSUMER_REGS": regs, "FP8": fp8, "SCHEDULE": schedule, "OVERLAP": cfg.overlap,
+    constants = {"GROUP": 2, "STAGES": cfg.stages, "HAS_HI": causal, "PINGPONG": pingpong, "CONSUMERS": consumers,
+                 "CONSUMER_REGS": regs, "SCHEDULE": schedule, "OVERLAP": cfg.overlap,
                  "PERMUTE_V": cfg.permute_v}  # fmt: skip
     signature.update(dict.fromkeys(constants, "constexpr"))
     source = GluonASTSource(gluon_fwd.attn_fwd_ws, signature, constexprs=constants)

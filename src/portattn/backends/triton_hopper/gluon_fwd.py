@@ -237,7 +237,7 @@ def _p_operand(p, p_dtype: gl.constexpr, p_layout: gl.constexpr, PERMUTE_V: gl.c
     shuffles between threads."""
     x = p.to(p_dtype)
     if PERMUTE_V:
-        x = gl.reshape(x, [x.shape[0], x.shape[1] // 32, 2, 2, 4, 2])  # (row, 32 keys, h, j, t, e)
+        x = gl.reshape(x, [p.shape[0], p.shape[1] // 32, 2, 2, 4, 2])  # (row, 32 keys, h, j, t, e)
         x = gl.reshape(gl.permute(x, (0, 1, 2, 4, 3, 5)), [p.shape[0], p.shape[1]])  # (row, 32 keys, h, t, j, e)
     return gl.convert_layout(x, p_layout)
 
@@ -416,20 +416,24 @@ def _consumer(c: gl.constexpr, shared, GROUP: gl.constexpr, HAS_HI: gl.constexpr
 @gluon.jit
 def attn_fwd_ws(q_desc, k_desc, v_desc, o_desc, lse_ptr, qs_ptr, ks_ptr, vs_ptr, sched_ptr, seqlen_q, seqlen_k,
                 heads_q, band_hi, qk_scale, n_m_tiles, n_tiles, q_blocks, kv_blocks, GROUP: gl.constexpr,
-                BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_D: gl.constexpr, STAGES: gl.constexpr,
-                HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
-                CONSUMER_REGS: gl.constexpr, FP8: gl.constexpr = False, SCHEDULE: gl.constexpr = False,
-                OVERLAP: gl.constexpr = True, PERMUTE_V: gl.constexpr = False):  # fmt: skip
+                STAGES: gl.constexpr, HAS_HI: gl.constexpr, PINGPONG: gl.constexpr, CONSUMERS: gl.constexpr,
+                CONSUMER_REGS: gl.constexpr, SCHEDULE: gl.constexpr = False, OVERLAP: gl.constexpr = True,
+                PERMUTE_V: gl.constexpr = False):  # fmt: skip
     """Grid ``(programs,)`` over ``n_tiles = n_m_tiles * batch * heads_q`` tiles of ``CONSUMERS *
     BLOCK_M`` query rows (2 to 4 consumer warpgroups; ping-pong needs 2; ``OVERLAP=False`` is 16-bit
-    only), ``n_m_tiles = cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer). Descriptors over
-    ``(batch, seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
+    only), ``n_m_tiles = cdiv(seqlen_q, CONSUMERS*BLOCK_M)``; ``num_warps=4`` (the first consumer).
+    ``BLOCK_M``, ``BLOCK_N``, ``HEAD_D`` and ``FP8`` are read off the descriptors: over ``(batch,
+    seqlen, heads, HEAD_D)`` with blocks ``(1, rows, 1, HEAD_D)``; ``lse`` float32 ``(batch,
     heads_q, seqlen_q)``. ``qk_scale`` is the softmax scale times log2(e); ``band_hi`` the causal-type
     offset (key - query <= band_hi) when ``HAS_HI``. ``FP8``: Q and K are e4m3, V is e4m3 ``(batch,
     HEAD_D, heads_kv, keys)`` with blocks ``(1, HEAD_D, 1, BLOCK_N)``, and the float32 scales are ``qs``
     ``(batch, heads_q, q_blocks)`` per ``BLOCK_M`` query rows and ``ks``, ``vs`` ``(batch, heads_kv,
     kv_blocks)`` per ``BLOCK_N`` keys; otherwise the scale pointers and counts are unused. ``SCHEDULE``:
     ``sched_ptr`` int32 ``[nprog + 1 offsets, then each program's tiles]`` (else unused)."""
+    BLOCK_M: gl.constexpr = q_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = k_desc.block_type.shape[1]
+    HEAD_D: gl.constexpr = k_desc.block_type.shape[3]
+    FP8: gl.constexpr = q_desc.dtype.primitive_bitwidth == 8
     gl.static_assert(
         (CONSUMERS == 2) | ((CONSUMERS >= 3) & (CONSUMERS <= 4) & (not PINGPONG)),
         "2 consumers, or 3-4 without ping-pong",

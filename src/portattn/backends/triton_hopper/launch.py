@@ -337,9 +337,9 @@ def _gluon_plan(call: AttentionCall, cfg: configs.WsConfig, q, k, v, out: torch.
     scalars = (call.seqlen_q, call.seqlen_k, call.heads_q, hi if hi is not None else 0, call.scale * kernels.LOG2E,
                n_m_tiles, n_tiles, q_blocks, kv_blocks)  # fmt: skip
     constants = dict(
-        GROUP=call.group_size, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HEAD_D=d, STAGES=cfg.stages,
-        HAS_HI=hi is not None, PINGPONG=cfg.pingpong, CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs,
-        FP8=fp8, OVERLAP=cfg.overlap, PERMUTE_V=fp8 and cfg.permute_v, num_warps=4,
+        GROUP=call.group_size, STAGES=cfg.stages, HAS_HI=hi is not None, PINGPONG=cfg.pingpong,
+        CONSUMERS=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs, OVERLAP=cfg.overlap,
+        PERMUTE_V=fp8 and cfg.permute_v, num_warps=4,
     )  # fmt: skip
     tiles = None
     if schedule and cfg.scheduled and cfg.persistent and hi is not None and n_tiles <= _SCHEDULE_MAX_TILES:
@@ -614,7 +614,7 @@ def _pad_prequantized(
     if transpose:
         padded = padded.permute(0, 3, 2, 1)
         if permute_keys:
-            padded = padded[..., quant.p_operand_key_order(padded.shape[-1]).to(x.device)]
+            padded = padded[..., quant.p_operand_key_order(padded.shape[-1], x.device)]
         padded = padded.contiguous()
     return padded, _block_scales(descale, group, blocks)
 

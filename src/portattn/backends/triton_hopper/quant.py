@@ -92,17 +92,23 @@ def dequantize_blocks(values: torch.Tensor, scale: torch.Tensor, block: int) -> 
     return values.double() * per_row.transpose(1, 2)[..., None]
 
 
-def p_operand_key_order(n: int) -> torch.Tensor:
+def p_operand_key_order(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The key order that lets the FP8 ``P V`` take P straight from the registers of ``S``'s accumulator:
     ``order[slot]`` is the key at slot ``slot`` of V^T, for ``n`` keys (a multiple of 32). Within each 32
     keys, a thread's accumulator holds keys ``2t, 2t+1, 8+2t, 9+2t`` (and the same plus 16), where the
     e4m3 A operand wants slots ``4t .. 4t+3``: slot ``16h + 4t + 2j + e`` takes key ``16h + 8j + 2t + e``.
-    The Gluon forward relabels P's columns the same way (a reshape and a permute), so ``P V`` is unchanged."""
+    The Gluon forward relabels P's columns the same way (a reshape and a permute), so ``P V`` is unchanged.
+    Cached per device, as :func:`signed_hadamard`: a copy from the host on every call would stall the queue."""
     if n % 32:
         raise ValueError(f"p_operand_key_order needs a multiple of 32 keys, got {n}")
+    return _key_order_on(n, torch.device(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _key_order_on(n: int, device: torch.device) -> torch.Tensor:
     slot = torch.arange(n)
     h, t, j, e = (slot >> 4) & 1, (slot >> 2) & 3, (slot >> 1) & 1, slot & 1
-    return (slot & ~31) | (h << 4) | (j << 3) | (t << 1) | e
+    return ((slot & ~31) | (h << 4) | (j << 3) | (t << 1) | e).to(device)
 
 
 def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
