@@ -13,9 +13,10 @@ from collections.abc import Callable
 import cupy
 import torch
 
-from portattn import _alloc, _kernel_cache
+from portattn import _kernel_cache
 from portattn._call import AttentionCall
-from portattn.backends.cuda_source import Launch, rows_aligned
+from portattn.backends import cuda_source
+from portattn.backends.cuda_source import Launch
 
 # what compiled() did in this process: "compiled" (NVRTC ran), "loaded" (from the disk cache), "cupy" (CuPy's
 # own compile path, when NVRTC's bindings or the target do not suit the cached one), and the last such reason
@@ -104,42 +105,14 @@ def run(source: str, options: tuple[str, ...], *launches: Launch, device: torch.
 
 
 def forward(source: str, options: tuple[str, ...], fwd_launch: Callable, call: AttentionCall, q, k, v):
-    """A backend's forward: ``fwd_launch(call, q, k, v, out, lse)`` plans the launch on tensors whose
-    rows the kernels can read. ``(out (batch, seqlen_q, heads_q, head_dim_v), lse float32 (batch,
-    heads_q, seqlen_q))``."""
-    q, k, v = (rows_aligned(t) for t in (q, k, v))
-    out, lse = _alloc.attention_outputs(call, q.dtype, q.device)
-    if out.numel() == 0:
-        return out, lse.fill_(float("-inf"))
-    run(source, options, fwd_launch(call, q, k, v, out, lse), device=q.device)
-    return out, lse
+    """A backend's forward on the GPU (``cuda_source.forward`` with this module's launcher)."""
+    return cuda_source.forward(functools.partial(run, source, options, device=q.device), fwd_launch, call, q, k, v)
 
 
 def backward(source: str, options: tuple[str, ...], bwd_launches: Callable, call: AttentionCall, q, k, v, out, lse,
              dout, *, dq_float32: bool = False, delta_launch: Callable | None = None):  # fmt: skip
-    """A backend's FlashAttention-2 backward: delta = rowsum(dout * out), then the launches
-    ``bwd_launches(call, q, k, v, dout, lse, delta, dq, dk, dv)`` plans. Without ``delta_launch`` delta is
-    a torch reduction; with it, ``delta_launch(call, out, dout, lse, delta, lse2, dq_zero)`` computes it,
-    rewrites lse in base 2 (``lse2``, what the launches then get) and zeroes ``dq_zero`` when given.
-    ``dq_float32`` (needs ``delta_launch``, which zeroes it): the launches add into a float32 dQ (by
-    atomics), rounded to the inputs' dtype at the end. ``(dq, dk, dv)``."""
-    if dq_float32 and delta_launch is None:
-        raise ValueError("dq_float32 needs a delta_launch to zero the float32 dQ")
-    q, k, v, out, dout = (rows_aligned(t) for t in (q, k, v, out, dout))
-    lse = lse.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    if q.numel() == 0 or k.numel() == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
-    dq_sum = torch.empty(q.shape, dtype=torch.float32, device=q.device) if dq_float32 else dq
-    launches = []
-    if delta_launch is None:
-        delta = (dout.float() * out.float()).sum(-1).transpose(1, 2).contiguous()  # (batch, heads_q, seqlen_q)
-    else:
-        delta, lse2 = torch.empty_like(lse), torch.empty_like(lse)
-        launches.append(delta_launch(call, out, dout, lse, delta, lse2, dq_sum if dq_float32 else None))
-        lse = lse2
-    launches += bwd_launches(call, q, k, v, dout, lse, delta, dq_sum, dk, dv)
-    run(source, options, *launches, device=q.device)
-    if dq_float32:
-        dq.copy_(dq_sum)
-    return dq, dk, dv
+    """A backend's FlashAttention-2 backward on the GPU (``cuda_source.backward`` with this module's
+    launcher)."""
+    launcher = functools.partial(run, source, options, device=q.device)
+    return cuda_source.backward(launcher, bwd_launches, call, q, k, v, out, lse, dout, dq_float32=dq_float32,
+                                delta_launch=delta_launch)  # fmt: skip

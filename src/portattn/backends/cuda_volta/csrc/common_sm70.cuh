@@ -25,6 +25,7 @@ struct FragC {  // a 16x16 fp32 accumulator: 8 floats per lane, order unspecifie
   float x[8];
 };
 
+#ifndef PORTATTN_WMMA_EMULATED  // tests/sm70_emulator.h defines these five on the CPU
 // `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes
 __device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
   asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
@@ -84,20 +85,43 @@ __device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) 
   }
 #undef PORTATTN_SM70_MMA
 }
+#endif  // PORTATTN_WMMA_EMULATED
 
-// Rows [row0, row0 + ROWS) of one head into a padded tile (LD halves per row); rows past `seqlen`
-// and columns past `dim` are zero-filled.
-template <int ROWS, int HEAD_DIM, int LD>
+// Rows [row0, row0 + ROWS) of one head on their way to a padded shared tile (LD halves per row), held
+// in registers between the global load and the shared store so that a load issued early hides its
+// latency behind compute (sm70 has no cp.async). Rows past `seqlen` and columns past `dim` are zeros.
+template <int ROWS, int HEAD_DIM, int NTHREADS = THREADS>
+struct TileRegs {
+  static constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks per row
+  static constexpr int PER_THREAD = ROWS * CHUNKS / NTHREADS;
+  static_assert(ROWS * CHUNKS % NTHREADS == 0, "every thread moves the same number of chunks");
+  uint4 val[PER_THREAD];
+
+  __device__ __forceinline__ void load(const __half* head, long long stride, int row0, int seqlen, int dim, int tid) {
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+      const int idx = tid + i * NTHREADS, r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+      val[i] = make_uint4(0, 0, 0, 0);
+      if (row0 + r < seqlen && c < dim) val[i] = *reinterpret_cast<const uint4*>(head + (row0 + r) * stride + c);
+    }
+  }
+
+  template <int LD>
+  __device__ __forceinline__ void store(__half* tile, int tid) const {
+#pragma unroll
+    for (int i = 0; i < PER_THREAD; ++i) {
+      const int idx = tid + i * NTHREADS;
+      *reinterpret_cast<uint4*>(tile + (idx / CHUNKS) * LD + (idx % CHUNKS) * 8) = val[i];
+    }
+  }
+};
+
+template <int ROWS, int HEAD_DIM, int LD, int NTHREADS = THREADS>
 __device__ __forceinline__ void load_tile(__half* tile, const __half* head, long long stride, int row0, int seqlen,
                                           int dim, int tid) {
-  constexpr int CHUNKS = HEAD_DIM / 8;  // 16-byte chunks per row
-#pragma unroll
-  for (int i = tid; i < ROWS * CHUNKS; i += THREADS) {
-    const int r = i / CHUNKS, c = (i % CHUNKS) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (row0 + r < seqlen && c < dim) val = *reinterpret_cast<const uint4*>(head + (row0 + r) * stride + c);
-    *reinterpret_cast<uint4*>(tile + r * LD + c) = val;
-  }
+  TileRegs<ROWS, HEAD_DIM, NTHREADS> regs;
+  regs.load(head, stride, row0, seqlen, dim, tid);
+  regs.template store<LD>(tile, tid);
 }
 
 using portattn_band::visible;  // the band test, shared with the other CuPy backend

@@ -1,0 +1,210 @@
+// The CUDA that the cuda_volta kernels use, on the CPU, so that tests run those kernels without a GPU
+// (tests/test_cuda_volta_emulated.py). Included before the kernels' source; a host compiler builds it.
+//
+// - Every thread of a block is an OS thread; __syncthreads and __syncwarp are barriers, and a warp
+//   shuffle goes through a per-warp exchange between two barriers. Blocks run one after another.
+// - WMMA m16n16k16 gives each lane a scrambled set of elements (fixed permutations; every A and B
+//   element held by two lanes, as on Volta), so a kernel that assumed an element order would fail.
+//   The loads check the alignment WMMA requires. The MMA multiplies fp16 values in float.
+// - Shared memory is a global array of exactly the launch's size (the address sanitizer flags any
+//   access past it), filled with NaN bytes before every block, so a read of what no thread wrote
+//   spoils the result.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <vector_functions.h>
+
+#include <array>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__
+#define PORTATTN_WMMA_EMULATED 1
+
+struct EmuDim3 {
+  unsigned x, y, z;
+};
+inline thread_local EmuDim3 threadIdx, blockIdx;
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+
+namespace emu {
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "sm70 emulator: %s\n", what);
+  std::abort();
+}
+
+constexpr int WORDS = 24;  // per lane in a warp's exchange: a WMMA's A, B (8 words each) and C (8)
+
+struct Block {
+  std::unique_ptr<std::barrier<>> all;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<uint32_t> exchange;  // warps x 32 lanes x WORDS
+};
+inline Block* block = nullptr;
+
+inline int lane() { return threadIdx.x % 32; }
+inline int warp() { return threadIdx.x / 32; }
+inline void warp_barrier() { block->warps[warp()]->arrive_and_wait(); }
+inline uint32_t* slot(int w, int l) { return block->exchange.data() + (w * 32 + l) * WORDS; }
+
+// a fixed permutation of 0..255 (Fisher-Yates with an LCG)
+inline std::array<int, 256> permutation(uint32_t seed) {
+  std::array<int, 256> p{};
+  for (int i = 0; i < 256; ++i) p[i] = i;
+  for (int i = 255; i > 0; --i) {
+    seed = seed * 1664525u + 1013904223u;
+    std::swap(p[i], p[(seed >> 8) % (i + 1)]);
+  }
+  return p;
+}
+inline const std::array<int, 256> C_ORDER = permutation(11);
+inline const std::array<int, 256> A_ORDER[2] = {permutation(23), permutation(37)};
+inline const std::array<int, 256> B_ORDER[2] = {permutation(41), permutation(53)};
+
+// element e (0..15) of lane l of an A or B fragment: its position row * 16 + col in the 16x16 operand
+inline int ab_position(const std::array<int, 256> (&order)[2], int l, int e) {
+  const int s = l * 16 + e;
+  return order[s / 256][s % 256];
+}
+
+inline void check_alignment(const void* p, int ld, int bytes) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) fail("WMMA fragment base not 32-byte aligned");
+  if ((ld * bytes) % 16 != 0) fail("WMMA leading dimension not a multiple of 16 bytes");
+}
+
+inline __half get_half(const uint32_t* x, int e) {
+  __half h;
+  std::memcpy(&h, reinterpret_cast<const char*>(x) + 2 * e, 2);
+  return h;
+}
+inline void set_half(uint32_t* x, int e, __half h) { std::memcpy(reinterpret_cast<char*>(x) + 2 * e, &h, 2); }
+
+// every thread runs `body` for every block of the grid, in order
+inline void launch(unsigned grid_x, unsigned grid_y, int threads, unsigned char* smem, size_t smem_bytes,
+                   const std::function<void()>& body) {
+  if (threads % 32 != 0) fail("block size not a multiple of 32");
+  Block b;
+  b.all = std::make_unique<std::barrier<>>(threads);
+  for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
+  b.exchange.assign(static_cast<size_t>(threads) * WORDS, 0);
+  block = &b;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      threadIdx = {static_cast<unsigned>(t), 0, 0};
+      for (unsigned y = 0; y < grid_y; ++y) {
+        for (unsigned x = 0; x < grid_x; ++x) {
+          block->all->arrive_and_wait();  // the previous block is done with shared memory
+          if (t == 0) std::memset(smem, 0xff, smem_bytes);  // NaN in fp16 and fp32
+          block->all->arrive_and_wait();
+          blockIdx = {x, y, 0};
+          body();
+        }
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  block = nullptr;
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::block->all->arrive_and_wait(); }
+
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) emu::fail("__syncwarp on part of a warp");
+  emu::warp_barrier();
+}
+
+inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
+  if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync on part of a warp");
+  std::memcpy(emu::slot(emu::warp(), emu::lane()), &value, 4);
+  emu::warp_barrier();
+  float other;
+  std::memcpy(&other, emu::slot(emu::warp(), emu::lane() ^ lane_mask), 4);
+  emu::warp_barrier();
+  return other;
+}
+
+namespace portattn_sm70 {
+
+// The five WMMA functions of common_sm70.cuh (templates over its fragment types, declared after this)
+
+template <class F>
+inline void load_a_row(F& f, const __half* p, int ld) {
+  emu::check_alignment(p, ld, 2);
+  for (int e = 0; e < 16; ++e) {
+    const int pos = emu::ab_position(emu::A_ORDER, emu::lane(), e);
+    emu::set_half(f.x, e, p[(pos / 16) * ld + pos % 16]);
+  }
+}
+
+template <bool COL, class F>  // COL: B(k, n) at p[n * ld + k]; else at p[k * ld + n]
+inline void load_b(F& f, const __half* p, int ld) {
+  emu::check_alignment(p, ld, 2);
+  for (int e = 0; e < 16; ++e) {
+    const int pos = emu::ab_position(emu::B_ORDER, emu::lane(), e), kk = pos / 16, n = pos % 16;
+    emu::set_half(f.x, e, COL ? p[n * ld + kk] : p[kk * ld + n]);
+  }
+}
+
+template <class F>
+inline void load_c_row(F& f, const float* p, int ld) {
+  emu::check_alignment(p, ld, 4);
+  for (int i = 0; i < 8; ++i) {
+    const int pos = emu::C_ORDER[emu::lane() * 8 + i];
+    f.x[i] = p[(pos / 16) * ld + pos % 16];
+  }
+}
+
+template <class F>
+inline void store_d_row(float* p, const F& f, int ld) {
+  emu::check_alignment(p, ld, 4);
+  for (int i = 0; i < 8; ++i) {
+    const int pos = emu::C_ORDER[emu::lane() * 8 + i];
+    p[(pos / 16) * ld + pos % 16] = f.x[i];
+  }
+}
+
+template <bool B_COL, class C, class AB>  // d += a b, over the warp
+inline void mma(C& d, const AB& a, const AB& b) {
+  uint32_t* mine = emu::slot(emu::warp(), emu::lane());
+  std::memcpy(mine, a.x, 32);
+  std::memcpy(mine + 8, b.x, 32);
+  std::memcpy(mine + 16, d.x, 32);
+  emu::warp_barrier();
+  float am[256], bm[256], cm[256];
+  for (int l = 0; l < 32; ++l) {
+    const uint32_t* theirs = emu::slot(emu::warp(), l);
+    for (int e = 0; e < 16; ++e) {
+      am[emu::ab_position(emu::A_ORDER, l, e)] = __half2float(emu::get_half(theirs, e));
+      bm[emu::ab_position(emu::B_ORDER, l, e)] = __half2float(emu::get_half(theirs + 8, e));
+    }
+    for (int i = 0; i < 8; ++i) std::memcpy(&cm[emu::C_ORDER[l * 8 + i]], theirs + 16 + i, 4);
+  }
+  emu::warp_barrier();
+  for (int i = 0; i < 8; ++i) {
+    const int pos = emu::C_ORDER[emu::lane() * 8 + i], r = pos / 16, c = pos % 16;
+    float acc = cm[pos];
+    for (int kk = 0; kk < 16; ++kk) acc += am[r * 16 + kk] * bm[kk * 16 + c];
+    d.x[i] = acc;
+  }
+}
+
+}  // namespace portattn_sm70

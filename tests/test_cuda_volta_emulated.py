@@ -1,0 +1,225 @@
+"""``cuda_volta``'s kernels run on the CPU: ``tests/sm70_emulator.h`` stands in for the GPU (a thread
+per CUDA thread, barriers, warp shuffles, WMMA with a scrambled element order), the host compiler
+builds each template instance with the address sanitizer, and ``run_case`` judges forward, lse and
+gradients against the float64 reference on fresh fp16 inputs with poisoned outputs. The same host
+code as on the GPU plans the launches (``cuda_source.forward`` / ``backward``, ``plan``); only the
+launcher differs. Slow-ish (a compile per instance), so the cases are small."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from portattn.backends import cuda_source
+from portattn.backends.cuda_volta import CudaVoltaBackend, plan
+from portattn.testing import Case, run_case
+from tests.cuda_host import kernel_params
+
+
+def _cuda_include() -> Path | None:
+    """The CUDA toolkit's include directory (for cuda_fp16.h's host half type), or None."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parent.parent))
+    found = [Path(r) / "include" for r in roots if r and (Path(r) / "include" / "cuda_fp16.h").exists()]
+    return found[0] if found else None
+
+
+GXX = shutil.which("g++")
+CUDA_INCLUDE = _cuda_include()
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.skipif(
+    GXX is None or CUDA_INCLUDE is None,
+    reason="needs g++ and the CUDA toolkit's headers (cuda_fp16.h; CI machines have both)",
+)
+
+HARNESS = r"""
+namespace portattn_sm70 {
+__attribute__((aligned(128))) unsigned char smem_raw[SMEM_BYTES];  // the launch's dynamic shared memory
+}
+
+struct Buffer {
+  const char* path;
+  char* data;
+  size_t bytes;
+};
+static std::vector<Buffer> buffers;
+
+// "path:offset:bytes": a tensor's whole storage, read from `path`, written back after the launch
+static char* pointer_arg(char* spec) {
+  char* offset = std::strchr(spec, ':');
+  char* bytes = std::strchr(offset + 1, ':');
+  *offset = 0;
+  Buffer b{spec, static_cast<char*>(std::malloc(std::strtoull(bytes + 1, nullptr, 10))),
+           std::strtoull(bytes + 1, nullptr, 10)};
+  FILE* f = std::fopen(spec, "rb");
+  if (!f || std::fread(b.data, 1, b.bytes, f) != b.bytes) emu::fail("cannot read a buffer");
+  std::fclose(f);
+  buffers.push_back(b);
+  return b.data + std::strtoull(offset + 1, nullptr, 10);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 4 + ARGC) emu::fail("wrong argument count");
+  const unsigned grid_x = std::strtoul(argv[1], nullptr, 10), grid_y = std::strtoul(argv[2], nullptr, 10);
+  const int threads = std::atoi(argv[3]);
+  char** a = argv + 4;
+  DECLARE_ARGS
+  emu::launch(grid_x, grid_y, threads, portattn_sm70::smem_raw, sizeof(portattn_sm70::smem_raw),
+              [&] { KERNEL(CALL_ARGS); });
+  for (const Buffer& b : buffers) {
+    FILE* f = std::fopen(b.path, "wb");
+    if (!f || std::fwrite(b.data, 1, b.bytes, f) != b.bytes) emu::fail("cannot write a buffer");
+    std::fclose(f);
+    std::free(b.data);
+  }
+  return 0;
+}
+"""
+
+
+def _declare(i: int, param: str) -> str:
+    if param.endswith("*"):
+        return f"auto a{i} = reinterpret_cast<{param}>(pointer_arg(a[{i}]));"
+    parse = {"long long": "std::strtoll(a[{i}], nullptr, 10)", "int": "std::atoi(a[{i}])",
+             "float": "std::strtof(a[{i}], nullptr)"}[param]  # fmt: skip
+    return f"const {param} a{i} = {parse.format(i=i)};"
+
+
+def _kernel_of(name: str) -> str:
+    return name.split("::")[1].split("<")[0]
+
+
+@functools.cache
+def _binary(name: str, smem_bytes: int, build_dir: Path) -> Path:
+    """The emulator built around template instance ``name`` (one per instance and shared-memory size)."""
+    params = kernel_params(plan.CSRC, plan.SOURCES, _kernel_of(name))
+    harness = (
+        HARNESS.replace("SMEM_BYTES", str(smem_bytes))
+        .replace("ARGC", str(len(params)))
+        .replace("DECLARE_ARGS", "\n  ".join(_declare(i, p) for i, p in enumerate(params)))
+        .replace("KERNEL", name)
+        .replace("CALL_ARGS", ", ".join(f"a{i}" for i in range(len(params))))
+    )
+    source = '#include "sm70_emulator.h"\n' + plan.source() + harness
+    tag = hashlib.sha256(source.encode()).hexdigest()[:16]
+    unit, binary = build_dir / f"{tag}.cpp", build_dir / tag
+    if not binary.exists():
+        unit.write_text(source)
+        cmd = [GXX, "-std=c++20", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-pthread",
+               f"-I{HERE}", f"-I{CUDA_INCLUDE}", str(unit), "-o", str(binary)]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+    return binary
+
+
+def _storage_spec(tensor: torch.Tensor, pointer: int, path: Path) -> tuple[str, torch.Tensor]:
+    storage = torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage())
+    storage.numpy().tofile(path)
+    return f"{path}:{pointer - storage.data_ptr()}:{storage.numel()}", storage
+
+
+def _launcher(tensors: dict[int, torch.Tensor], build_dir: Path, *launches: cuda_source.Launch) -> None:
+    """Runs each launch in the emulator, on copies of the storages of ``tensors`` (by data pointer)."""
+    for launch in launches:
+        binary = _binary(launch.name, launch.smem_bytes, build_dir)
+        params = kernel_params(plan.CSRC, plan.SOURCES, _kernel_of(launch.name))
+        argv, written = [], []
+        for i, (param, arg) in enumerate(zip(params, launch.args, strict=True)):
+            if param.endswith("*"):
+                spec, storage = _storage_spec(tensors[arg], arg, build_dir / f"buf{os.getpid()}_{i}")
+                argv.append(spec)
+                written.append((build_dir / f"buf{os.getpid()}_{i}", storage))
+            elif param == "float":
+                argv.append(float(arg).hex())
+            else:
+                argv.append(str(int(arg)))
+        grid = [str(g) for g in launch.grid]
+        env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=0"}
+        result = subprocess.run([str(binary), *grid, str(launch.threads), *argv], capture_output=True, text=True,
+                                timeout=600, env=env)  # fmt: skip
+        assert result.returncode == 0, f"{launch.name}: exit {result.returncode}\n{result.stderr[-3000:]}"
+        for path, storage in written:
+            storage.copy_(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
+
+
+def _recording(plan_fn, tensors: dict[int, torch.Tensor]):
+    """``plan_fn`` (a plan's launch function), noting the tensors it is given by data pointer."""
+
+    def wrapper(call, *args):
+        tensors.update({t.data_ptr(): t for t in args if isinstance(t, torch.Tensor)})
+        return plan_fn(call, *args)
+
+    return wrapper
+
+
+class EmulatedVolta(CudaVoltaBackend):
+    """``cuda_volta`` with its launches run by the emulator, on CPU tensors."""
+
+    capabilities = dataclasses.replace(CudaVoltaBackend.capabilities, devices=frozenset({"cpu"}),
+                                       compute_capability=None)  # fmt: skip
+
+    def __init__(self, build_dir: Path) -> None:
+        self.build_dir = build_dir
+
+    def available(self) -> str | None:
+        return None
+
+    def forward(self, call, q, k, v):
+        tensors: dict[int, torch.Tensor] = {}
+        launcher = functools.partial(_launcher, tensors, self.build_dir)
+        return cuda_source.forward(launcher, _recording(plan.fwd_launch, tensors), call, q, k, v)
+
+    def backward(self, call, q, k, v, out, lse, dout, dlse=None):
+        tensors: dict[int, torch.Tensor] = {}
+        launcher = functools.partial(_launcher, tensors, self.build_dir)
+        return cuda_source.backward(launcher, _recording(plan.bwd_launches, tensors), call, q, k, v, out, lse, dout)
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory) -> EmulatedVolta:
+    return EmulatedVolta(tmp_path_factory.mktemp("sm70_emulator"))
+
+
+# odd lengths, seqlen_q != seqlen_k both ways, GQA, causal (bottom-right), a window, rows that see no
+# key, a strided layout, head dims padded to 64 and the full 128; several key blocks per row block
+CASES = [
+    Case(batch=1, seqlen_q=70, seqlen_k=150, heads_q=2, heads_kv=1, head_dim=64),
+    Case(batch=2, seqlen_q=131, seqlen_k=67, heads_q=2, heads_kv=2, head_dim=40, causal=True),
+    Case(batch=1, seqlen_q=97, seqlen_k=201, heads_q=2, heads_kv=1, head_dim=128, causal=True, layout="bhsd"),
+    Case(batch=1, seqlen_q=150, seqlen_k=150, heads_q=1, heads_kv=1, head_dim=64, window=(40, 3)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_emulated_kernels_match_the_reference(emulated, case):
+    result = run_case(emulated, case, device="cpu", dtype=torch.float16)
+    assert result.status == "pass", result.message
+    assert set(result.errors) == {"out", "lse", "dq", "dk", "dv"}, result.errors
+
+
+def test_emulator_catches_a_kernel_that_assumes_an_element_order(tmp_path):
+    """The emulator's point: the same source with the row map replaced by the identity order
+    (the order of no GPU) must fail against the reference."""
+    broken = plan.source().replace("row_of[i] = wr + static_cast<int>(rows.x[i]);", "row_of[i] = wr + i;")
+    assert broken != plan.source()
+    backend = EmulatedVolta(tmp_path)
+    _binary.cache_clear()
+    original = plan.source
+    plan.source = lambda: broken  # type: ignore[assignment]
+    try:
+        result = run_case(backend, CASES[0], device="cpu", dtype=torch.float16, grad=False)
+    finally:
+        plan.source = original
+        _binary.cache_clear()
+    assert result.status == "fail", result
