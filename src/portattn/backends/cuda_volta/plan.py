@@ -17,7 +17,8 @@ __all__ = ["NVRTC_OPTIONS", "Launch"]
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("common_sm70.cuh", "flash_fwd_sm70.cuh", "flash_bwd_sm70.cuh")  # in include order
-BLOCK_M = BLOCK_N = 64
+BLOCK_N = 64  # the forward's keys per block
+FWD_WARPS = {64: 4, 128: 4}  # the forward's warps per block (16 query rows each), by tile width
 BWD_KEYS, BWD_QUERIES = 64, 32  # the dK/dV kernel: keys per block, queries per step
 DQ_ROWS, DQ_KEYS = 64, 32  # the dQ kernel: queries per block, keys per step
 THREADS = 128
@@ -33,11 +34,16 @@ def width(head_dim: int) -> int:
     return 64 if head_dim <= 64 else 128
 
 
+def fwd_rows(head_dim: int) -> int:
+    """The forward's query rows per block."""
+    return 16 * FWD_WARPS[width(head_dim)]
+
+
 def smem_bytes(head_dim: int) -> int:
-    """Q, K, V (rows padded by 8 halves), S / O staging in fp32 (rows padded by 4), P in fp16, and
-    the rows' corrections; as laid out in the kernel."""
+    """K and V (rows padded by 8 halves; Q passes through at the start, O's fp32 staging at the end)
+    and S in fp32 (rows padded by 4, P written over it), as laid out in the kernel."""
     w = width(head_dim)
-    return 3 * BLOCK_M * (w + 8) * 2 + BLOCK_M * (max(BLOCK_N, w) + 4) * 4 + BLOCK_M * (BLOCK_N + 8) * 2 + BLOCK_M * 4
+    return 2 * BLOCK_N * (w + 8) * 2 + fwd_rows(head_dim) * (BLOCK_N + 4) * 4
 
 
 def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
@@ -54,6 +60,8 @@ def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
 
 def kernel_name(kernel: str, head_dim: int, has_lo: bool, has_hi: bool) -> str:
     flags = ", ".join("true" if f else "false" for f in (has_lo, has_hi))
+    if kernel == "flash_fwd_sm70":
+        return f"portattn_sm70::{kernel}<{width(head_dim)}, {FWD_WARPS[width(head_dim)]}, {flags}>"
     return f"portattn_sm70::{kernel}<{width(head_dim)}, {flags}>"
 
 
@@ -85,9 +93,9 @@ def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> Launch:
     lo, hi = call.band
     args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), *bsh(q), *bsh(k), *bsh(v),
             *bsh(out), *_scalars(call, call.heads_q))  # fmt: skip
-    grid = (math.ceil(call.seqlen_q / BLOCK_M), call.batch * call.heads_q)
+    grid = (math.ceil(call.seqlen_q / fwd_rows(call.head_dim)), call.batch * call.heads_q)
     name = fwd_name(call.head_dim, lo is not None, hi is not None)
-    return Launch(name, grid, THREADS, smem_bytes(call.head_dim), args)
+    return Launch(name, grid, 2 * fwd_rows(call.head_dim), smem_bytes(call.head_dim), args)
 
 
 def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, Launch]:

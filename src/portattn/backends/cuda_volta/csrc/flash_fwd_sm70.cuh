@@ -1,12 +1,17 @@
 // FlashAttention-2 forward with Volta's instructions only (sm70): WMMA m16n16k16 in fp16 with fp32
 // accumulation, plain 16-byte loads, fp16 only (no bf16 on sm70); building blocks in common_sm70.cuh.
 //
-// One thread block: 64 query rows of one (batch, query head), 4 warps of 16 rows each. Per 64-key
-// block: K and V into shared memory; each warp computes its S = Q K^T (four 16x16 tiles) and stores
-// it to shared memory, where a pair of lanes per row runs the online softmax (the WMMA accumulator's
-// element order is unspecified, so rows are read back from memory) and writes P in fp16; then O +=
-// P V stays in WMMA accumulators, rescaled by each row's correction through a row map read once from
-// a fragment loaded from a matrix of row numbers.
+// One thread block: 16 * WARPS query rows of one (batch, query head), 16 rows per warp; Q's fragments
+// stay in registers. Per 64-key block: each warp computes its S = Q K^T (four 16x16 tiles) and stores
+// it to its own rows of shared memory, where a pair of lanes per row runs the online softmax (the WMMA
+// accumulator's element order is unspecified, so rows are read back from memory) and writes P in
+// fp16 over S; then O += P V stays in WMMA accumulators, rescaled by each row's correction through a
+// row map read once from a fragment loaded from a matrix of row numbers.
+//
+// With no cp.async, the next block's K is loaded into registers while S is computed, and its V while
+// the softmax and P V run; each goes to shared memory once every warp is done with the current one.
+// Shared memory holds K, V and S only (Q passes through the K/V space at the start, O through all of it
+// at the end).
 //
 // Tensors are (batch, seqlen, heads, <= HEAD_DIM) with a contiguous last dim and 16-byte aligned
 // rows; `dim` (a multiple of 8) is the real head dim, the rest is zero-filled in shared memory. out
@@ -17,11 +22,10 @@
 
 namespace portattn_sm70 {
 
-constexpr int BLOCK_M = 64;  // query rows per block: 4 warps x 16
 constexpr int BLOCK_N = 64;  // keys per block
 
-template <int HEAD_DIM, bool HAS_LO, bool HAS_HI>
-__global__ void __launch_bounds__(128)
+template <int HEAD_DIM, int WARPS, bool HAS_LO, bool HAS_HI>
+__global__ void __launch_bounds__(32 * WARPS, (HEAD_DIM <= 64 ? 12 : 8) / WARPS)
 flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, float* lse,
                long long q_stride_b, long long q_stride_s, long long q_stride_h,
                long long k_stride_b, long long k_stride_s, long long k_stride_h,
@@ -29,19 +33,23 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
                long long o_stride_b, long long o_stride_s, long long o_stride_h,
                int seqlen_q, int seqlen_k, int heads_q, int group, int dim, int band_lo, int band_hi,
                float scale_log2) {
-  constexpr int LD = HEAD_DIM + 8;                                 // halves per Q/K/V row
-  constexpr int LDS = (BLOCK_N > HEAD_DIM ? BLOCK_N : HEAD_DIM) + 4;  // floats per S (and O staging) row
-  constexpr int LDP = BLOCK_N + 8;                                 // halves per P row
+  constexpr int LD = HEAD_DIM + 8;    // halves per Q/K/V row
+  constexpr int LDS = BLOCK_N + 4;    // floats per S row: keys, the row's correction at BLOCK_N, padding
+  constexpr int LDP = 2 * LDS;        // halves per P row, P written over S
+  constexpr int LDO = HEAD_DIM + 4;   // floats per O staging row
   constexpr int O_TILES = HEAD_DIM / 16;
+  constexpr int BLOCK_M = 16 * WARPS, NTHREADS = 32 * WARPS;
   static_assert(HEAD_DIM % 16 == 0, "16-wide WMMA tiles");
+  static_assert(BLOCK_M <= 2 * BLOCK_N, "Q fits where K and V go");
+  static_assert(BLOCK_M * LDO * 4 <= 2 * BLOCK_N * LD * 2 + BLOCK_M * LDS * 4, "O fits in the whole space");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  __half* q_s = reinterpret_cast<__half*>(smem_raw);
-  __half* k_s = q_s + BLOCK_M * LD;
+  __half* k_s = reinterpret_cast<__half*>(smem_raw);
   __half* v_s = k_s + BLOCK_N * LD;
   float* s_s = reinterpret_cast<float*>(v_s + BLOCK_N * LD);
-  __half* p_s = reinterpret_cast<__half*>(s_s + BLOCK_M * LDS);
-  float* alpha_s = reinterpret_cast<float*>(p_s + BLOCK_M * LDP);
+  __half* p_s = reinterpret_cast<__half*>(s_s);
+  __half* q_s = k_s;                               // Q at the start
+  float* o_s = reinterpret_cast<float*>(smem_raw);  // O at the end, over K, V and S
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int m0 = blockIdx.x * BLOCK_M;
@@ -63,16 +71,23 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
 #pragma unroll
   for (int i = 0; i < 8; ++i) row_of[i] = wr + static_cast<int>(rows.x[i]);
 
-  load_tile<BLOCK_M, HEAD_DIM, LD>(q_s, q_head, q_stride_s, m0, seqlen_q, dim, tid);
+  load_tile<BLOCK_M, HEAD_DIM, LD, NTHREADS>(q_s, q_head, q_stride_s, m0, seqlen_q, dim, tid);
+  __syncthreads();
+  FragAB qf[HEAD_DIM / 16];  // in registers for the whole loop
+#pragma unroll
+  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) load_a_row(qf[kk], q_s + wr * LD + kk * 16, LD);
 
   int first = 0, last = seqlen_k;  // the key range this block can see
   if (HAS_LO) first = max(m0 + band_lo, 0) / BLOCK_N * BLOCK_N;
   if (HAS_HI) last = min(m0 + BLOCK_M - 1 + band_hi + 1, seqlen_k);
 
-  __syncthreads();  // Q is in shared memory: its fragments stay in registers for the whole loop
-  FragAB qf[HEAD_DIM / 16];
-#pragma unroll
-  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) load_a_row(qf[kk], q_s + wr * LD + kk * 16, LD);
+  TileRegs<BLOCK_N, HEAD_DIM, NTHREADS> next;  // the next block's K, then its V
+  __syncthreads();  // every warp holds its Q fragments: the space becomes K and V
+  if (first < last) {
+    load_tile<BLOCK_N, HEAD_DIM, LD, NTHREADS>(k_s, k_head, k_stride_s, first, seqlen_k, dim, tid);
+    load_tile<BLOCK_N, HEAD_DIM, LD, NTHREADS>(v_s, v_head, v_stride_s, first, seqlen_k, dim, tid);
+  }
+  __syncthreads();
 
   FragC o[O_TILES];
 #pragma unroll
@@ -82,10 +97,8 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   float m_i = -INFINITY, l_i = 0.f;
 
   for (int n0 = first; n0 < last; n0 += BLOCK_N) {
-    __syncthreads();  // every warp is done with the previous K and V
-    load_tile<BLOCK_N, HEAD_DIM, LD>(k_s, k_head, k_stride_s, n0, seqlen_k, dim, tid);
-    load_tile<BLOCK_N, HEAD_DIM, LD>(v_s, v_head, v_stride_s, n0, seqlen_k, dim, tid);
-    __syncthreads();
+    const bool more = n0 + BLOCK_N < last;
+    if (more) next.load(k_head, k_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
 
     // S = Q K^T for the warp's 16 rows, to shared memory
 #pragma unroll
@@ -101,7 +114,11 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
       }
       store_d_row(s_s + wr * LDS + j * 16, s, LDS);
     }
-    __syncwarp();
+    __syncthreads();  // every warp is done with this K (and sees its own S)
+    if (more) {
+      next.template store<LD>(k_s, tid);
+      next.load(v_head, v_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
+    }
 
     // online softmax in base 2: two lanes per row, half the keys each, in registers
     float x[BLOCK_N / 2];
@@ -111,6 +128,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
       const float4 t = s_row[c];
       x[4 * c] = t.x, x[4 * c + 1] = t.y, x[4 * c + 2] = t.z, x[4 * c + 3] = t.w;
     }
+    __syncwarp();  // both lanes of the row have read S before P goes over it
     const bool masked = n0 + BLOCK_N > seqlen_k || (HAS_LO && n0 < m0 + BLOCK_M - 1 + band_lo) ||
                         (HAS_HI && n0 + BLOCK_N - 1 > m0 + band_hi);
     float mx = m_i;
@@ -140,14 +158,16 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
     }
     sum += __shfl_xor_sync(0xffffffff, sum, 1);
     l_i = l_i * alpha + sum;
-    if (lane % 2 == 0) alpha_s[r] = alpha;
+    if (lane % 2 == 0) s_s[r * LDS + BLOCK_N] = alpha;
     __syncwarp();
 
     // O = O * alpha + P V
 #pragma unroll
-    for (int j = 0; j < O_TILES; ++j)
+    for (int i = 0; i < 8; ++i) {
+      const float a = s_s[row_of[i] * LDS + BLOCK_N];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) o[j].x[i] *= alpha_s[row_of[i]];
+      for (int j = 0; j < O_TILES; ++j) o[j].x[i] *= a;
+    }
 #pragma unroll
     for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
       FragAB a;
@@ -159,12 +179,14 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
         mma<false>(o[j], a, bf);
       }
     }
+    __syncthreads();  // every warp is done with this V
+    if (more) next.template store<LD>(v_s, tid);
   }
 
   // O through shared memory (the warp's own rows), normalized by 1/l; rows that saw no key: 0, lse -inf
-  __syncwarp();
+  __syncthreads();  // every warp is done with K, V and S
 #pragma unroll
-  for (int j = 0; j < O_TILES; ++j) store_d_row(s_s + wr * LDS + j * 16, o[j], LDS);
+  for (int j = 0; j < O_TILES; ++j) store_d_row(o_s + wr * LDO + j * 16, o[j], LDO);
   __syncwarp();
   if (row < seqlen_q) {
     const float inv = l_i > 0.f ? 1.f / l_i : 0.f;
@@ -172,7 +194,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
     const int half = HEAD_DIM / 2, cbeg = (lane % 2) * half;
     for (int c = cbeg; c < cbeg + half && c < dim; c += 2) {
       *reinterpret_cast<__half2*>(o_row + c) =
-          __floats2half2_rn(s_s[r * LDS + c] * inv, s_s[r * LDS + c + 1] * inv);
+          __floats2half2_rn(o_s[r * LDO + c] * inv, o_s[r * LDO + c + 1] * inv);
     }
     if (lane % 2 == 0) {
       const float m = m_i == -INFINITY ? 0.f : m_i;
