@@ -87,7 +87,7 @@ def test_argument_lists_match_the_kernel_parameters():
     call = _call(q, k, v, causal=True)
     launch = plan.fwd_launch(call, q, k, v, out, lse)
     check_arg_types(launch.args, _kernel_params("flash_fwd_sm70"))
-    assert launch.name == "portattn_sm70::flash_fwd_sm70<64, 4, false, true>"
+    assert launch.name == "portattn_sm70::flash_fwd_sm70<64, 4, true, false, true>"
     assert launch.grid == (1, 8) and launch.threads == 128
     assert launch.args[-4:-1] == (40, 0, 17)  # dim, no lower band, causal offset 50 - 33
     dkdv, dq = plan.bwd_launches(call, q, k, v, out, lse, lse, q, k, v)

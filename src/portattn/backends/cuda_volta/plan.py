@@ -7,6 +7,7 @@ import functools
 import itertools
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,7 +19,14 @@ __all__ = ["NVRTC_OPTIONS", "Launch"]
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("common_sm70.cuh", "flash_fwd_sm70.cuh", "flash_bwd_sm70.cuh")  # in include order
 BLOCK_N = 64  # the forward's keys per block
-FWD_WARPS = {64: 4, 128: 4}  # the forward's warps per block (16 query rows each), by tile width
+
+
+class FwdConfig(NamedTuple):
+    warps: int  # per block, 16 query rows each
+    q_in_registers: bool  # else Q's fragments are read from shared memory for every key block
+
+
+FWD_CONFIGS = {64: FwdConfig(4, True), 128: FwdConfig(4, True)}  # by tile width
 BWD_KEYS, BWD_QUERIES = 64, 32  # the dK/dV kernel: keys per block, queries per step
 DQ_ROWS, DQ_KEYS = 64, 32  # the dQ kernel: queries per block, keys per step
 THREADS = 128
@@ -36,14 +44,16 @@ def width(head_dim: int) -> int:
 
 def fwd_rows(head_dim: int) -> int:
     """The forward's query rows per block."""
-    return 16 * FWD_WARPS[width(head_dim)]
+    return 16 * FWD_CONFIGS[width(head_dim)].warps
 
 
 def smem_bytes(head_dim: int) -> int:
-    """K and V (rows padded by 8 halves; Q passes through at the start, O's fp32 staging at the end)
-    and S in fp32 (rows padded by 4, P written over it), as laid out in the kernel."""
-    w = width(head_dim)
-    return 2 * BLOCK_N * (w + 8) * 2 + fwd_rows(head_dim) * (BLOCK_N + 4) * 4
+    """K and V (rows padded by 8 halves), S in fp32 (rows padded by 4, P written over it) and Q unless
+    it stays in registers (then it passes through K and V's space at the start); O's fp32 staging
+    goes over all of it at the end. As laid out in the kernel."""
+    w, rows = width(head_dim), fwd_rows(head_dim)
+    q_bytes = 0 if FWD_CONFIGS[w].q_in_registers else rows * (w + 8) * 2
+    return 2 * BLOCK_N * (w + 8) * 2 + rows * (BLOCK_N + 4) * 4 + q_bytes
 
 
 def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
@@ -61,7 +71,9 @@ def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
 def kernel_name(kernel: str, head_dim: int, has_lo: bool, has_hi: bool) -> str:
     flags = ", ".join("true" if f else "false" for f in (has_lo, has_hi))
     if kernel == "flash_fwd_sm70":
-        return f"portattn_sm70::{kernel}<{width(head_dim)}, {FWD_WARPS[width(head_dim)]}, {flags}>"
+        config = FWD_CONFIGS[width(head_dim)]
+        q_regs = "true" if config.q_in_registers else "false"
+        return f"portattn_sm70::{kernel}<{width(head_dim)}, {config.warps}, {q_regs}, {flags}>"
     return f"portattn_sm70::{kernel}<{width(head_dim)}, {flags}>"
 
 

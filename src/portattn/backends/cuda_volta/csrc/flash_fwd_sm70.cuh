@@ -2,7 +2,7 @@
 // accumulation, plain 16-byte loads, fp16 only (no bf16 on sm70); building blocks in common_sm70.cuh.
 //
 // One thread block: 16 * WARPS query rows of one (batch, query head), 16 rows per warp; Q's fragments
-// stay in registers. Per 64-key block: each warp computes its S = Q K^T (four 16x16 tiles) and stores
+// stay in registers (Q_REGS) or are read from shared memory for every key block. Per 64-key block: each warp computes its S = Q K^T (four 16x16 tiles) and stores
 // it to its own rows of shared memory, where a pair of lanes per row runs the online softmax (the WMMA
 // accumulator's element order is unspecified, so rows are read back from memory) and writes P in
 // fp16 over S; then O += P V stays in WMMA accumulators, rescaled by each row's correction through a
@@ -10,8 +10,8 @@
 //
 // With no cp.async, the next block's K is loaded into registers while S is computed, and its V while
 // the softmax and P V run; each goes to shared memory once every warp is done with the current one.
-// Shared memory holds K, V and S only (Q passes through the K/V space at the start, O through all of it
-// at the end).
+// Shared memory holds K, V, S and, unless Q_REGS, Q (with Q_REGS, Q passes through the K/V space at
+// the start); O goes through all of it at the end.
 //
 // Tensors are (batch, seqlen, heads, <= HEAD_DIM) with a contiguous last dim and 16-byte aligned
 // rows; `dim` (a multiple of 8) is the real head dim, the rest is zero-filled in shared memory. out
@@ -24,8 +24,8 @@ namespace portattn_sm70 {
 
 constexpr int BLOCK_N = 64;  // keys per block
 
-template <int HEAD_DIM, int WARPS, bool HAS_LO, bool HAS_HI>
-__global__ void __launch_bounds__(32 * WARPS, (HEAD_DIM <= 64 ? 12 : 8) / WARPS)
+template <int HEAD_DIM, int WARPS, bool Q_REGS, bool HAS_LO, bool HAS_HI>
+__global__ void __launch_bounds__(32 * WARPS, (HEAD_DIM <= 64 ? 12 : 8) / WARPS + (Q_REGS ? 0 : 4 / WARPS))
 flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, float* lse,
                long long q_stride_b, long long q_stride_s, long long q_stride_h,
                long long k_stride_b, long long k_stride_s, long long k_stride_h,
@@ -48,7 +48,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   __half* v_s = k_s + BLOCK_N * LD;
   float* s_s = reinterpret_cast<float*>(v_s + BLOCK_N * LD);
   __half* p_s = reinterpret_cast<__half*>(s_s);
-  __half* q_s = k_s;                               // Q at the start
+  __half* q_s = Q_REGS ? k_s : reinterpret_cast<__half*>(s_s + BLOCK_M * LDS);  // with Q_REGS, at the start only
   float* o_s = reinterpret_cast<float*>(smem_raw);  // O at the end, over K, V and S
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -73,9 +73,9 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
 
   load_tile<BLOCK_M, HEAD_DIM, LD, NTHREADS>(q_s, q_head, q_stride_s, m0, seqlen_q, dim, tid);
   __syncthreads();
-  FragAB qf[HEAD_DIM / 16];  // in registers for the whole loop
+  FragAB qf[Q_REGS ? HEAD_DIM / 16 : 1];  // in registers for the whole loop
 #pragma unroll
-  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) load_a_row(qf[kk], q_s + wr * LD + kk * 16, LD);
+  for (int kk = 0; kk < (Q_REGS ? HEAD_DIM / 16 : 0); ++kk) load_a_row(qf[kk], q_s + wr * LD + kk * 16, LD);
 
   int first = 0, last = seqlen_k;  // the key range this block can see
   if (HAS_LO) first = max(m0 + band_lo, 0) / BLOCK_N * BLOCK_N;
@@ -100,19 +100,41 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
     const bool more = n0 + BLOCK_N < last;
     if (more) next.load(k_head, k_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
 
-    // S = Q K^T for the warp's 16 rows, to shared memory
+    // S = Q K^T for the warp's 16 rows, to shared memory: a 16x16 tile at a time with Q in registers,
+    // else all four at once, so that each Q fragment is read once
+    if constexpr (Q_REGS) {
 #pragma unroll
-    for (int j = 0; j < BLOCK_N / 16; ++j) {
-      FragC s;
+      for (int j = 0; j < BLOCK_N / 16; ++j) {
+        FragC s;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) s.x[i] = 0.f;
+        for (int i = 0; i < 8; ++i) s.x[i] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+          FragAB bf;
+          load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
+          mma<true>(s, qf[kk], bf);
+        }
+        store_d_row(s_s + wr * LDS + j * 16, s, LDS);
+      }
+    } else {
+      FragC s[BLOCK_N / 16];
+#pragma unroll
+      for (int j = 0; j < BLOCK_N / 16; ++j)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) s[j].x[i] = 0.f;
 #pragma unroll
       for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-        FragAB bf;
-        load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
-        mma<true>(s, qf[kk], bf);
+        FragAB a;
+        load_a_row(a, q_s + wr * LD + kk * 16, LD);
+#pragma unroll
+        for (int j = 0; j < BLOCK_N / 16; ++j) {
+          FragAB bf;
+          load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
+          mma<true>(s[j], a, bf);
+        }
       }
-      store_d_row(s_s + wr * LDS + j * 16, s, LDS);
+#pragma unroll
+      for (int j = 0; j < BLOCK_N / 16; ++j) store_d_row(s_s + wr * LDS + j * 16, s[j], LDS);
     }
     __syncthreads();  // every warp is done with this K (and sees its own S)
     if (more) {
