@@ -4,8 +4,11 @@
 // - Every thread of a block is an OS thread; __syncthreads and __syncwarp are barriers, and a warp
 //   shuffle goes through a per-warp exchange between two barriers. Blocks run one after another.
 // - WMMA m16n16k16 gives each lane a scrambled set of elements (fixed permutations; every A and B
-//   element held by two lanes, as on Volta), so a kernel that assumed an element order would fail.
-//   The loads check the alignment WMMA requires. The MMA multiplies fp16 values in float.
+//   element held by two lanes, as on Volta), so a kernel that assumed an element order would fail;
+//   with EMU_WMMA_ORDER=1, the order of mma.m16n8k16 instead (cuda_volta/wmma_order.py's mma_order),
+//   which the forward's register softmax can use; with 2, that order with each lane's A elements
+//   taken from lane ^ 16 (the register softmax then shuffles P into place). The loads check the alignment WMMA requires. The
+//   MMA multiplies fp16 values in float.
 // - Shared memory is a global array of exactly the launch's size (the address sanitizer flags any
 //   access past it), filled with NaN bytes before every block, so a read of what no thread wrote
 //   spoils the result.
@@ -26,8 +29,13 @@
 #include <thread>
 #include <vector>
 
+#ifndef EMU_WMMA_ORDER
+#define EMU_WMMA_ORDER 0
+#endif
+
 #define __global__
 #define __device__
+#define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
@@ -77,10 +85,28 @@ inline const std::array<int, 256> C_ORDER = permutation(11);
 inline const std::array<int, 256> A_ORDER[2] = {permutation(23), permutation(37)};
 inline const std::array<int, 256> B_ORDER[2] = {permutation(41), permutation(53)};
 
-// element e (0..15) of lane l of an A or B fragment: its position row * 16 + col in the 16x16 operand
-inline int ab_position(const std::array<int, 256> (&order)[2], int l, int e) {
+// slot i (0..7) of lane l of an accumulator, element e (0..15) of an A or B fragment: its position
+// row * 16 + col in the 16x16 matrix (B: k * 16 + n)
+inline int c_position(int l, int i) {
+  if (EMU_WMMA_ORDER >= 1) return (l / 4 + 8 * ((i / 2) % 2)) * 16 + 2 * (l % 4) + i % 2 + 8 * (i / 4);
+  return C_ORDER[l * 8 + i];
+}
+inline int a_position(int l, int e) {
+  if (EMU_WMMA_ORDER == 2) l ^= 16;  // as 1, but each lane's A elements are held in lane ^ 16's accumulator
+  if (EMU_WMMA_ORDER >= 1) {
+    const int q = e % 8;  // elements 8-15 repeat 0-7
+    return (l / 4 + 8 * ((q / 2) % 2)) * 16 + 2 * (l % 4) + q % 2 + 8 * (q / 4);
+  }
   const int s = l * 16 + e;
-  return order[s / 256][s % 256];
+  return A_ORDER[s / 256][s % 256];
+}
+inline int b_position(int l, int e) {
+  if (EMU_WMMA_ORDER >= 1) {
+    const int q = e % 8, within = q % 4;  // two n-halves of m16n8k16's B, then the same again
+    return (2 * (l % 4) + within % 2 + 8 * (within / 2)) * 16 + l / 4 + 8 * (q / 4);
+  }
+  const int s = l * 16 + e;
+  return B_ORDER[s / 256][s % 256];
 }
 
 inline void check_alignment(const void* p, int ld, int bytes) {
@@ -132,11 +158,13 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   emu::warp_barrier();
 }
 
-inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
+  static_assert(sizeof(T) == 4, "32-bit shuffles");
   if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync on part of a warp");
   std::memcpy(emu::slot(emu::warp(), emu::lane()), &value, 4);
   emu::warp_barrier();
-  float other;
+  T other;
   std::memcpy(&other, emu::slot(emu::warp(), emu::lane() ^ lane_mask), 4);
   emu::warp_barrier();
   return other;
@@ -150,7 +178,7 @@ template <class F>
 inline void load_a_row(F& f, const __half* p, int ld) {
   emu::check_alignment(p, ld, 2);
   for (int e = 0; e < 16; ++e) {
-    const int pos = emu::ab_position(emu::A_ORDER, emu::lane(), e);
+    const int pos = emu::a_position(emu::lane(), e);
     emu::set_half(f.x, e, p[(pos / 16) * ld + pos % 16]);
   }
 }
@@ -159,7 +187,7 @@ template <bool COL, class F>  // COL: B(k, n) at p[n * ld + k]; else at p[k * ld
 inline void load_b(F& f, const __half* p, int ld) {
   emu::check_alignment(p, ld, 2);
   for (int e = 0; e < 16; ++e) {
-    const int pos = emu::ab_position(emu::B_ORDER, emu::lane(), e), kk = pos / 16, n = pos % 16;
+    const int pos = emu::b_position(emu::lane(), e), kk = pos / 16, n = pos % 16;
     emu::set_half(f.x, e, COL ? p[n * ld + kk] : p[kk * ld + n]);
   }
 }
@@ -168,7 +196,7 @@ template <class F>
 inline void load_c_row(F& f, const float* p, int ld) {
   emu::check_alignment(p, ld, 4);
   for (int i = 0; i < 8; ++i) {
-    const int pos = emu::C_ORDER[emu::lane() * 8 + i];
+    const int pos = emu::c_position(emu::lane(), i);
     f.x[i] = p[(pos / 16) * ld + pos % 16];
   }
 }
@@ -177,7 +205,7 @@ template <class F>
 inline void store_d_row(float* p, const F& f, int ld) {
   emu::check_alignment(p, ld, 4);
   for (int i = 0; i < 8; ++i) {
-    const int pos = emu::C_ORDER[emu::lane() * 8 + i];
+    const int pos = emu::c_position(emu::lane(), i);
     p[(pos / 16) * ld + pos % 16] = f.x[i];
   }
 }
@@ -190,17 +218,23 @@ inline void mma(C& d, const AB& a, const AB& b) {
   std::memcpy(mine + 16, d.x, 32);
   emu::warp_barrier();
   float am[256], bm[256], cm[256];
+  bool a_seen[256] = {}, b_seen[256] = {};
+  // an element held by two lanes (or twice by one) must be the same in every copy
+  auto put = [](float* m, bool* seen, int pos, float value) {
+    if (seen[pos] && std::memcmp(&m[pos], &value, 4) != 0) emu::fail("copies of a WMMA operand element disagree");
+    m[pos] = value, seen[pos] = true;
+  };
   for (int l = 0; l < 32; ++l) {
     const uint32_t* theirs = emu::slot(emu::warp(), l);
     for (int e = 0; e < 16; ++e) {
-      am[emu::ab_position(emu::A_ORDER, l, e)] = __half2float(emu::get_half(theirs, e));
-      bm[emu::ab_position(emu::B_ORDER, l, e)] = __half2float(emu::get_half(theirs + 8, e));
+      put(am, a_seen, emu::a_position(l, e), __half2float(emu::get_half(theirs, e)));
+      put(bm, b_seen, emu::b_position(l, e), __half2float(emu::get_half(theirs + 8, e)));
     }
-    for (int i = 0; i < 8; ++i) std::memcpy(&cm[emu::C_ORDER[l * 8 + i]], theirs + 16 + i, 4);
+    for (int i = 0; i < 8; ++i) std::memcpy(&cm[emu::c_position(l, i)], theirs + 16 + i, 4);
   }
   emu::warp_barrier();
   for (int i = 0; i < 8; ++i) {
-    const int pos = emu::C_ORDER[emu::lane() * 8 + i], r = pos / 16, c = pos % 16;
+    const int pos = emu::c_position(emu::lane(), i), r = pos / 16, c = pos % 16;
     float acc = cm[pos];
     for (int kk = 0; kk < 16; ++kk) acc += am[r * 16 + kk] * bm[kk * 16 + c];
     d.x[i] = acc;

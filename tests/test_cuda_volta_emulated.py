@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from portattn.backends import cuda_source
-from portattn.backends.cuda_volta import CudaVoltaBackend, plan
+from portattn.backends.cuda_volta import CudaVoltaBackend, plan, wmma_order
 from portattn.testing import Case, default_cases, run_case
 from tests.cuda_host import kernel_params
 
@@ -96,26 +96,30 @@ def _declare(i: int, param: str) -> str:
     return f"const {param} a{i} = {parse.format(i=i)};"
 
 
-def _kernel_of(name: str) -> str:
-    return name.split("::")[1].split("<")[0]
+def _params(name: str) -> list[str]:
+    """The C parameter types of kernel instance ``name`` (the probe's own, or a kernel of the sources)."""
+    if name == wmma_order.PROBE_KERNEL:
+        return ["int*", "int*"]
+    return kernel_params(plan.CSRC, plan.SOURCES, name.split("::")[1].split("<")[0])
 
 
 @functools.cache
-def _binary(name: str, smem_bytes: int, build_dir: Path) -> Path:
-    """The emulator built around template instance ``name`` (one per instance and shared-memory size)."""
-    params = kernel_params(plan.CSRC, plan.SOURCES, _kernel_of(name))
+def _binary(source: str, name: str, smem_bytes: int, order: int, build_dir: Path) -> Path:
+    """The emulator built around kernel ``name`` of ``source`` (one per instance, shared-memory size and
+    the emulator's WMMA element order: 0 scrambled, 1 mma.m16n8k16's)."""
+    params = _params(name)
     harness = (
-        HARNESS.replace("SMEM_BYTES", str(smem_bytes))
+        HARNESS.replace("SMEM_BYTES", str(max(smem_bytes, 16)))
         .replace("ARGC", str(len(params)))
         .replace("DECLARE_ARGS", "\n  ".join(_declare(i, p) for i, p in enumerate(params)))
         .replace("KERNEL", name)
         .replace("CALL_ARGS", ", ".join(f"a{i}" for i in range(len(params))))
     )
-    source = '#include "sm70_emulator.h"\n' + plan.source() + harness
-    tag = hashlib.sha256(source.encode()).hexdigest()[:16]
+    text = f'#define EMU_WMMA_ORDER {order}\n#include "sm70_emulator.h"\n' + source + harness
+    tag = hashlib.sha256(text.encode()).hexdigest()[:16]
     unit, binary = build_dir / f"{tag}.cpp", build_dir / tag
     if not binary.exists():
-        unit.write_text(source)
+        unit.write_text(text)
         cmd = [GXX, "-std=c++20", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-pthread",
                f"-I{HERE}", f"-I{CUDA_INCLUDE}", str(unit), "-o", str(binary)]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -129,17 +133,17 @@ def _storage_spec(tensor: torch.Tensor, pointer: int, path: Path) -> tuple[str, 
     return f"{path}:{pointer - storage.data_ptr()}:{storage.numel()}", storage
 
 
-def _launcher(tensors: dict[int, torch.Tensor], build_dir: Path, *launches: cuda_source.Launch) -> None:
+def _launcher(backend: EmulatedVolta, source: str, tensors: dict[int, torch.Tensor], *launches) -> None:
     """Runs each launch in the emulator, on copies of the storages of ``tensors`` (by data pointer)."""
     for launch in launches:
-        binary = _binary(launch.name, launch.smem_bytes, build_dir)
-        params = kernel_params(plan.CSRC, plan.SOURCES, _kernel_of(launch.name))
+        binary = _binary(source, launch.name, launch.smem_bytes, backend.order, backend.build_dir)
         argv, written = [], []
-        for i, (param, arg) in enumerate(zip(params, launch.args, strict=True)):
+        for i, (param, arg) in enumerate(zip(_params(launch.name), launch.args, strict=True)):
             if param.endswith("*"):
-                spec, storage = _storage_spec(tensors[arg], arg, build_dir / f"buf{os.getpid()}_{i}")
+                path = backend.build_dir / f"buf{os.getpid()}_{i}"
+                spec, storage = _storage_spec(tensors[arg], arg, path)
                 argv.append(spec)
-                written.append((build_dir / f"buf{os.getpid()}_{i}", storage))
+                written.append((path, storage))
             elif param == "float":
                 argv.append(float(arg).hex())
             else:
@@ -153,42 +157,71 @@ def _launcher(tensors: dict[int, torch.Tensor], build_dir: Path, *launches: cuda
             storage.copy_(torch.from_numpy(np.fromfile(path, dtype=np.uint8)))
 
 
-def _recording(plan_fn, tensors: dict[int, torch.Tensor]):
+def _recording(plan_fn, tensors: dict[int, torch.Tensor], **options):
     """``plan_fn`` (a plan's launch function), noting the tensors it is given by data pointer."""
 
     def wrapper(call, *args):
         tensors.update({t.data_ptr(): t for t in args if isinstance(t, torch.Tensor)})
-        return plan_fn(call, *args)
+        return plan_fn(call, *args, **options)
 
     return wrapper
 
 
 class EmulatedVolta(CudaVoltaBackend):
-    """``cuda_volta`` with its launches run by the emulator, on CPU tensors."""
+    """``cuda_volta`` with its launches run by the emulator, on CPU tensors. ``order``: the emulator's
+    WMMA element order (0 scrambled: the shared-memory softmax; 1 mma.m16n8k16's: the register
+    softmax), read back by the backend's own probe as on a GPU."""
 
     capabilities = dataclasses.replace(CudaVoltaBackend.capabilities, devices=frozenset({"cpu"}),
                                        compute_capability=None)  # fmt: skip
 
-    def __init__(self, build_dir: Path) -> None:
-        self.build_dir = build_dir
+    def __init__(self, build_dir: Path, order: int = 0) -> None:
+        self.build_dir, self.order = build_dir, order
+        c_pos, a_pos = torch.full((256,), -1, dtype=torch.int32), torch.full((512,), -1, dtype=torch.int32)
+        probe = cuda_source.Launch(
+            wmma_order.PROBE_KERNEL, (1, 1), 32, wmma_order.PROBE_SMEM_BYTES, (c_pos.data_ptr(), a_pos.data_ptr())
+        )
+        tensors = {c_pos.data_ptr(): c_pos, a_pos.data_ptr(): a_pos}
+        _launcher(self, plan.source() + wmma_order.PROBE, tensors, probe)
+        self.wmma = wmma_order.WmmaOrder.from_flat(c_pos.tolist(), a_pos.tolist())
+        self.facts = wmma_order.register_softmax(self.wmma)
 
     def available(self) -> str | None:
         return None
 
     def forward(self, call, q, k, v):
         tensors: dict[int, torch.Tensor] = {}
-        launcher = functools.partial(_launcher, tensors, self.build_dir)
-        return cuda_source.forward(launcher, _recording(plan.fwd_launch, tensors), call, q, k, v)
+        launcher = functools.partial(_launcher, self, plan.source(self.facts), tensors)
+        fwd = _recording(plan.fwd_launch, tensors, register_softmax=self.facts is not None)
+        return cuda_source.forward(launcher, fwd, call, q, k, v)
 
     def backward(self, call, q, k, v, out, lse, dout, dlse=None):
         tensors: dict[int, torch.Tensor] = {}
-        launcher = functools.partial(_launcher, tensors, self.build_dir)
+        launcher = functools.partial(_launcher, self, plan.source(), tensors)
         return cuda_source.backward(launcher, _recording(plan.bwd_launches, tensors), call, q, k, v, out, lse, dout)
 
 
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory) -> EmulatedVolta:
-    return EmulatedVolta(tmp_path_factory.mktemp("sm70_emulator"))
+@pytest.fixture(scope="module", params=[0, 1, 2], ids=["scrambled_order", "mma_order", "mma_order_a_shuffled"])
+def emulated(request, tmp_path_factory) -> EmulatedVolta:
+    """Both softmax paths: a scrambled WMMA order (shared memory), mma.m16n8k16's (registers) and the
+    same with A held by lane ^ 16 (registers, P shuffled into place)."""
+    return EmulatedVolta(tmp_path_factory.mktemp("sm70_emulator"), order=request.param)
+
+
+def test_the_probe_reads_the_element_order(emulated):
+    """The backend's probe, run in the emulator, reads back the emulator's order, and the host's check
+    takes the register softmax exactly where that order allows it."""
+    mma = wmma_order.mma_order()
+    if emulated.order == 1:
+        assert emulated.wmma == mma
+        assert emulated.facts == wmma_order.register_softmax(mma) is not None
+        assert set(emulated.facts.a_xor) == {0}
+    elif emulated.order == 2:
+        assert emulated.wmma == wmma_order.WmmaOrder(mma.c, tuple(mma.a[lane ^ 16] for lane in range(32)))
+        assert emulated.facts is not None and set(emulated.facts.a_xor) == {16}
+    else:
+        assert sorted(x for lane in emulated.wmma.c for x in lane) == list(range(256))
+        assert emulated.facts is None
 
 
 # odd lengths, seqlen_q != seqlen_k both ways, GQA, causal (bottom-right), a window, rows that see no
@@ -220,15 +253,29 @@ def test_emulated_kernels_on_the_case_battery(emulated, case):
 def test_emulator_catches_a_kernel_that_assumes_an_element_order(tmp_path):
     """The emulator's point: the same source with the row map replaced by the identity order
     (the order of no GPU) must fail against the reference."""
-    broken = plan.source().replace("row_of[i] = wr + static_cast<int>(rows.x[i]);", "row_of[i] = wr + i;")
+    broken = plan.source().replace("(pass ? 0 : wr) + static_cast<int>(map.x[i])", "(pass ? i : wr + i)")
     assert broken != plan.source()
     backend = EmulatedVolta(tmp_path)
     _binary.cache_clear()
     original = plan.source
-    plan.source = lambda: broken  # type: ignore[assignment]
+    plan.source = lambda order=None: broken  # type: ignore[assignment]
     try:
         result = run_case(backend, CASES[0], device="cpu", dtype=torch.float16, grad=False)
     finally:
         plan.source = original
         _binary.cache_clear()
+    assert result.status == "fail", result
+
+
+@pytest.mark.parametrize("wrong", ["a_slot", "row_masks"])
+def test_emulator_catches_wrong_register_facts(tmp_path, wrong):
+    """The register softmax with facts that do not describe the order (P's pairs swapped, or one of
+    the two lane bits of a row left out) must fail, not pass by chance."""
+    backend = EmulatedVolta(tmp_path, order=1)
+    good = backend.facts
+    if wrong == "a_slot":
+        backend.facts = good._replace(a_slot=(1, 0, *good.a_slot[2:8], 1, 0, *good.a_slot[10:]))
+    else:
+        backend.facts = good._replace(row_masks=good.row_masks[:1])
+    result = run_case(backend, CASES[0], device="cpu", dtype=torch.float16, grad=False)
     assert result.status == "fail", result

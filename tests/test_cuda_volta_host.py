@@ -9,11 +9,12 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
 from portattn._call import normalize
-from portattn.backends.cuda_volta import CudaVoltaBackend, plan
+from portattn.backends.cuda_volta import CudaVoltaBackend, plan, wmma_order
 from tests.cuda_host import check_arg_types, kernel_params
 
 NVCC = shutil.which("nvcc")
@@ -29,9 +30,15 @@ def _call(q, k, v, **kw):
 
 
 def _unit(tmp_path):
-    refs = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in plan.all_instances())
+    """Every instance: the shared-memory softmax from the plain source, the register softmax from the
+    source with mma.m16n8k16's order (an order the host's check accepts), and the probe."""
+    names = [*plan.all_instances(), wmma_order.PROBE_KERNEL]
+    plain = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in names)
+    register = ",\n".join(f"  reinterpret_cast<const void*>(&{n})" for n in plan.all_instances(True))
+    facts = wmma_order.register_softmax(wmma_order.mma_order())
     unit = tmp_path / "unit.cu"
-    unit.write_text(plan.source() + f"\nconst void* portattn_instances[] = {{\n{refs}\n}};\n")
+    unit.write_text(plan.source(facts) + wmma_order.PROBE
+                    + f"\nconst void* portattn_instances[] = {{\n{plain},\n{register}\n}};\n")  # fmt: skip
     return unit
 
 
@@ -73,7 +80,8 @@ def test_ptx_uses_volta_instructions_only(tmp_path):
     }, mmas
     loads = set(re.findall(r"\bwmma\.load\.[ab]\.sync\.aligned\.[\w.]+", code))
     assert loads and all(x.endswith("m16n16k16.f16") for x in loads), loads
-    assert len(re.findall(r"^\.(?:visible )?\.entry", ptx, re.M)) == len(plan.all_instances())
+    entries = len(plan.all_instances()) + len(plan.all_instances(True)) + 1  # and the probe
+    assert len(re.findall(r"^\.(?:visible )?\.entry", ptx, re.M)) == entries
 
 
 def _kernel_params(kernel: str) -> list[str]:
@@ -87,7 +95,7 @@ def test_argument_lists_match_the_kernel_parameters():
     call = _call(q, k, v, causal=True)
     launch = plan.fwd_launch(call, q, k, v, out, lse)
     check_arg_types(launch.args, _kernel_params("flash_fwd_sm70"))
-    assert launch.name == "portattn_sm70::flash_fwd_sm70<64, 4, true, false, true>"
+    assert launch.name == "portattn_sm70::flash_fwd_sm70<64, 4, true, false, false, true>"
     assert launch.grid == (1, 8) and launch.threads == 128
     assert launch.args[-4:-1] == (40, 0, 17)  # dim, no lower band, causal offset 50 - 33
     dkdv, dq = plan.bwd_launches(call, q, k, v, out, lse, lse, q, k, v)
@@ -114,3 +122,24 @@ def test_reasons():
     assert {"backward", "kv_offload"} <= caps.features and "head_dim_v" not in caps.features
     odd = (torch.randn(1, 8, 2, 36, dtype=fp16) for _ in range(3))
     assert "multiple of 8" in backend.extra_reasons(_call(*odd))[0]
+
+
+def test_register_softmax_facts_of_orders():
+    """mma.m16n8k16's order: rows g and g + 8 per lane (slots 0, 1, 4, 5 and 2, 3, 6, 7), shared by
+    lane bits 0 and 1, P's A pairs in the lane's own slots; the same with A one lane-half over
+    (lane ^ 16); no facts for a scrambled order or one whose A pairs would come from two lanes."""
+    mma = wmma_order.mma_order()
+    facts = wmma_order.register_softmax(mma)
+    assert facts == wmma_order.RegisterSoftmax(
+        group_of=(0, 0, 1, 1, 0, 0, 1, 1), group_slot=(0, 2), row_masks=(1, 2),
+        a_slot=(0, 1, 2, 3, 4, 5, 6, 7) * 2, a_xor=(0,) * 16)  # fmt: skip
+    shifted = wmma_order.WmmaOrder(mma.c, tuple(mma.a[lane ^ 16] for lane in range(32)))
+    assert wmma_order.register_softmax(shifted).a_xor == (16,) * 16
+    rng = np.random.default_rng(0)
+    scrambled = wmma_order.WmmaOrder.from_flat(rng.permutation(256), np.concatenate([rng.permutation(256)] * 2))
+    assert wmma_order.register_softmax(scrambled) is None
+    split = [list(lane) for lane in mma.a]
+    for lane in range(32):  # element 1 of each lane from lane ^ 1: a pair across two lanes
+        split[lane][1] = mma.a[lane ^ 1][1]
+    assert wmma_order.register_softmax(wmma_order.WmmaOrder(mma.c, tuple(map(tuple, split)))) is None
+    assert "REGISTER_SOFTMAX = true" in wmma_order.header(facts) and wmma_order.header(None) == ""

@@ -7,6 +7,8 @@ This module holds the capabilities and checks only; cupy is imported when the ba
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,11 +20,37 @@ from portattn.backends.cuda_source import cupy_unavailable_reason
 if TYPE_CHECKING:
     from portattn._call import AttentionCall
 
+SOFTMAX_ENV = "PORTATTN_CUDA_VOLTA_SOFTMAX"  # "shared": the shared-memory softmax even where registers would do
 HEAD_DIMS = (64, 128)  # the kernel's tile widths; smaller head dims are zero-padded to 64 in shared memory
 
 
+@functools.cache
+def read_wmma_order(device_index: int):
+    """This GPU's WMMA element order (``wmma_order.WmmaOrder``), read by a probe kernel once per device."""
+    import cupy
+
+    from portattn.backends.cuda_volta import plan, wmma_order
+
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(code=plan.source() + wmma_order.PROBE, options=plan.NVRTC_OPTIONS,
+                                name_expressions=(wmma_order.PROBE_KERNEL,))  # fmt: skip
+        c_pos, a_pos = cupy.full(256, -1, dtype=cupy.int32), cupy.full(512, -1, dtype=cupy.int32)
+        probe = module.get_function(wmma_order.PROBE_KERNEL)
+        probe((1,), (32,), (c_pos, a_pos), shared_mem=wmma_order.PROBE_SMEM_BYTES)
+        return wmma_order.WmmaOrder.from_flat(c_pos.get(), a_pos.get())
+
+
+def register_softmax_facts(device_index: int):
+    """What the forward's register softmax needs of this GPU's WMMA element order; None where the
+    order does not allow it (``wmma_order.register_softmax``)."""
+    from portattn.backends.cuda_volta import wmma_order
+
+    return wmma_order.register_softmax(read_wmma_order(device_index))
+
+
 class CudaVoltaBackend(Backend):
-    """WMMA m16n16k16 (fp16, fp32 accumulation); S and P through shared memory; fwd and bwd."""
+    """WMMA m16n16k16 (fp16, fp32 accumulation); the forward's softmax in registers where the GPU's
+    element order allows it (checked by a probe), else through shared memory; fwd and bwd."""
 
     name = "cuda_volta"
     priority = 200  # below cuda_ampere (250) and triton_hopper (300), which need sm80
@@ -47,7 +75,9 @@ class CudaVoltaBackend(Backend):
         from portattn.backends import cupy_launch  # imports cupy
         from portattn.backends.cuda_volta import plan
 
-        return cupy_launch.forward(plan.source(), plan.NVRTC_OPTIONS, plan.fwd_launch, call, q, k, v)
+        facts = None if os.environ.get(SOFTMAX_ENV) == "shared" else register_softmax_facts(q.device.index)
+        fwd = functools.partial(plan.fwd_launch, register_softmax=facts is not None)
+        return cupy_launch.forward(plan.source(facts), plan.NVRTC_OPTIONS, fwd, call, q, k, v)
 
     def backward(self, call, q, k, v, out, lse, dout, dlse=None):
         from portattn.backends import cupy_launch

@@ -13,6 +13,7 @@ import numpy as np
 
 from portattn._call import AttentionCall
 from portattn.backends.cuda_source import LOG2E, NVRTC_OPTIONS, Launch, bsh, inline_headers
+from portattn.backends.cuda_volta.wmma_order import RegisterSoftmax, header
 
 __all__ = ["NVRTC_OPTIONS", "Launch"]
 
@@ -34,8 +35,10 @@ MAX_SMEM = 96 * 1024  # a Volta block's shared memory (with the opt-in above 48 
 
 
 @functools.cache
-def source() -> str:
-    return inline_headers(CSRC, SOURCES)
+def source(order: RegisterSoftmax | None = None) -> str:
+    """The kernels' source; with the facts of a WMMA element order the host checked on the GPU, the
+    forward's register-softmax instances (``register_softmax=True``) compile too."""
+    return header(order) + inline_headers(CSRC, SOURCES)
 
 
 def width(head_dim: int) -> int:
@@ -68,24 +71,32 @@ def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
     return max(size, 64 * (w + 4) * 4)
 
 
-def kernel_name(kernel: str, head_dim: int, has_lo: bool, has_hi: bool) -> str:
-    flags = ", ".join("true" if f else "false" for f in (has_lo, has_hi))
+def _cpp(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def kernel_name(kernel: str, head_dim: int, has_lo: bool, has_hi: bool, register_softmax: bool = False) -> str:
+    flags = f"{_cpp(has_lo)}, {_cpp(has_hi)}"
     if kernel == "flash_fwd_sm70":
         config = FWD_CONFIGS[width(head_dim)]
-        q_regs = "true" if config.q_in_registers else "false"
-        return f"portattn_sm70::{kernel}<{width(head_dim)}, {config.warps}, {q_regs}, {flags}>"
+        return (f"portattn_sm70::{kernel}<{width(head_dim)}, {config.warps}, {_cpp(config.q_in_registers)}, "
+                f"{_cpp(register_softmax)}, {flags}>")  # fmt: skip
     return f"portattn_sm70::{kernel}<{width(head_dim)}, {flags}>"
 
 
-def fwd_name(head_dim: int, has_lo: bool, has_hi: bool) -> str:
-    return kernel_name("flash_fwd_sm70", head_dim, has_lo, has_hi)
+def fwd_name(head_dim: int, has_lo: bool, has_hi: bool, register_softmax: bool = False) -> str:
+    return kernel_name("flash_fwd_sm70", head_dim, has_lo, has_hi, register_softmax)
 
 
 KERNELS = ("flash_fwd_sm70", "flash_bwd_dkdv_sm70", "flash_bwd_dq_sm70")
 
 
-def all_instances() -> list[str]:
-    """Every template instance a launch can ask for (the compile test builds them all)."""
+def all_instances(register_softmax: bool = False) -> list[str]:
+    """Every template instance a launch can ask for (the compile test builds them all); with
+    ``register_softmax``, the forward's register-softmax instances only (they need ``source(order)``)."""
+    if register_softmax:
+        combos = itertools.product((64, 128), itertools.product((False, True), repeat=2))
+        return [fwd_name(w, *flags, register_softmax=True) for w, flags in combos]
     combos = itertools.product(KERNELS, (64, 128), itertools.product((False, True), repeat=2))
     return [kernel_name(kernel, w, *flags) for kernel, w, flags in combos]
 
@@ -100,13 +111,15 @@ def _scalars(call: AttentionCall, heads: int) -> tuple:
     )  # fmt: skip
 
 
-def fwd_launch(call: AttentionCall, q, k, v, out, lse) -> Launch:
-    """Tensors are ``rows_aligned`` already; pointers and strides as Python ints, the rest int32/float32."""
+def fwd_launch(call: AttentionCall, q, k, v, out, lse, *, register_softmax: bool = False) -> Launch:
+    """Tensors are ``rows_aligned`` already; pointers and strides as Python ints, the rest int32/float32.
+    ``register_softmax``: the instance that keeps S and P in registers (the source must be
+    ``source(order)`` with the GPU's checked order)."""
     lo, hi = call.band
     args = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), *bsh(q), *bsh(k), *bsh(v),
             *bsh(out), *_scalars(call, call.heads_q))  # fmt: skip
     grid = (math.ceil(call.seqlen_q / fwd_rows(call.head_dim)), call.batch * call.heads_q)
-    name = fwd_name(call.head_dim, lo is not None, hi is not None)
+    name = fwd_name(call.head_dim, lo is not None, hi is not None, register_softmax)
     return Launch(name, grid, 2 * fwd_rows(call.head_dim), smem_bytes(call.head_dim), args)
 
 

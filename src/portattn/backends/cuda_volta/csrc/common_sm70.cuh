@@ -13,6 +13,21 @@
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+#ifndef PORTATTN_WMMA_ORDER
+// The WMMA element order of the GPU, as the host checked it for the forward's register softmax
+// (cuda_volta/wmma_order.py writes this namespace and defines PORTATTN_WMMA_ORDER); without it, the
+// shared-memory softmax only.
+namespace portattn_sm70::wmma_order {
+constexpr bool REGISTER_SOFTMAX = false;
+constexpr int GROUPS = 1, ROW_MASK_COUNT = 1, ROW_LANE_BITS = 0;
+__host__ __device__ constexpr int group_of(int) { return 0; }
+__host__ __device__ constexpr int group_slot(int) { return 0; }
+__host__ __device__ constexpr int row_mask(int) { return 0; }
+__host__ __device__ constexpr int a_slot(int) { return 0; }
+__host__ __device__ constexpr int a_xor(int) { return 0; }
+}  // namespace portattn_sm70::wmma_order
+#endif
+
 namespace portattn_sm70 {
 
 using u32 = unsigned int;

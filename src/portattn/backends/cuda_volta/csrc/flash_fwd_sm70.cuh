@@ -2,11 +2,16 @@
 // accumulation, plain 16-byte loads, fp16 only (no bf16 on sm70); building blocks in common_sm70.cuh.
 //
 // One thread block: 16 * WARPS query rows of one (batch, query head), 16 rows per warp; Q's fragments
-// stay in registers (Q_REGS) or are read from shared memory for every key block. Per 64-key block: each warp computes its S = Q K^T (four 16x16 tiles) and stores
-// it to its own rows of shared memory, where a pair of lanes per row runs the online softmax (the WMMA
-// accumulator's element order is unspecified, so rows are read back from memory) and writes P in
-// fp16 over S; then O += P V stays in WMMA accumulators, rescaled by each row's correction through a
-// row map read once from a fragment loaded from a matrix of row numbers.
+// stay in registers (Q_REGS) or are read from shared memory for every key block. Per 64-key block,
+// each warp computes its S = Q K^T (four 16x16 tiles) and runs the online softmax, then O += P V
+// stays in WMMA accumulators. PTX leaves the accumulator's element order unspecified, so:
+// - REG (where the host found, by a probe of this GPU, an order the register softmax can use; the
+//   constants in `wmma_order`): the softmax runs on the accumulators in registers, each row's max
+//   and sum are combined across the lanes that share the row by XOR shuffles, and P becomes the
+//   A operand of P V in registers (a shuffle per pair of elements where another lane holds it);
+// - else: S goes to the warp's rows of shared memory, a pair of lanes per row runs the softmax and
+//   writes P in fp16 over S, and O is rescaled through a row map read once from a fragment loaded
+//   from a matrix of row numbers.
 //
 // With no cp.async, the next block's K is loaded into registers while S is computed, and its V while
 // the softmax and P V run; each goes to shared memory once every warp is done with the current one.
@@ -23,8 +28,47 @@
 namespace portattn_sm70 {
 
 constexpr int BLOCK_N = 64;  // keys per block
+constexpr int S_TILES = BLOCK_N / 16;
 
-template <int HEAD_DIM, int WARPS, bool Q_REGS, bool HAS_LO, bool HAS_HI>
+// S = Q K^T for a warp's 16 rows as four 16x16 tiles: a tile at a time from Q's fragments in
+// registers, else the four together so that each Q fragment is read from shared memory once
+template <int HEAD_DIM, int LD, bool Q_REGS>
+__device__ __forceinline__ void scores(FragC (&s)[S_TILES], const FragAB* qf, const __half* q_warp,
+                                       const __half* k_s) {
+#pragma unroll
+  for (int j = 0; j < S_TILES; ++j)
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s[j].x[i] = 0.f;
+  if constexpr (Q_REGS) {
+#pragma unroll
+    for (int j = 0; j < S_TILES; ++j)
+#pragma unroll
+      for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+        FragAB bf;
+        load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
+        mma<true>(s[j], qf[kk], bf);
+      }
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+      FragAB a;
+      load_a_row(a, q_warp + kk * 16, LD);
+#pragma unroll
+      for (int j = 0; j < S_TILES; ++j) {
+        FragAB bf;
+        load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
+        mma<true>(s[j], a, bf);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ u32 pack_half2(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const u32*>(&h);
+}
+
+template <int HEAD_DIM, int WARPS, bool Q_REGS, bool REG, bool HAS_LO, bool HAS_HI>
 __global__ void __launch_bounds__(32 * WARPS, (HEAD_DIM <= 64 ? 12 : 8) / WARPS + (Q_REGS ? 0 : 4 / WARPS))
 flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, float* lse,
                long long q_stride_b, long long q_stride_s, long long q_stride_h,
@@ -39,7 +83,9 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   constexpr int LDO = HEAD_DIM + 4;   // floats per O staging row
   constexpr int O_TILES = HEAD_DIM / 16;
   constexpr int BLOCK_M = 16 * WARPS, NTHREADS = 32 * WARPS;
+  constexpr int G = REG ? wmma_order::GROUPS : 1;  // rows this lane keeps softmax state for
   static_assert(HEAD_DIM % 16 == 0, "16-wide WMMA tiles");
+  static_assert(!REG || wmma_order::REGISTER_SOFTMAX, "REG needs an element order the host has checked");
   static_assert(BLOCK_M <= 2 * BLOCK_N, "Q fits where K and V go");
   static_assert(BLOCK_M * LDO * 4 <= 2 * BLOCK_N * LD * 2 + BLOCK_M * LDS * 4, "O fits in the whole space");
 
@@ -58,18 +104,22 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   const __half* k_head = k + b * k_stride_b + hk * k_stride_h;
   const __half* v_head = v + b * v_stride_b + hk * v_stride_h;
   const int wr = warp * 16;                     // the warp's first row in the block
-  const int r = wr + lane / 2, c0 = (lane % 2) * (BLOCK_N / 2);  // this lane's softmax row and columns
+  const int r = wr + lane / 2, c0 = (lane % 2) * (BLOCK_N / 2);  // the shared-memory softmax's row and columns
   const int row = m0 + r;
 
-  // the row of each accumulator element of this lane (the same for every 16x16 fp32 fragment)
+  // the row and column of each accumulator element of this lane (the same for every 16x16 fp32 fragment)
   float* scratch = s_s + wr * LDS;
-  for (int i = lane; i < 16 * 16; i += 32) scratch[(i / 16) * LDS + i % 16] = static_cast<float>(i / 16);
-  __syncwarp();
-  FragC rows;
-  load_c_row(rows, scratch, LDS);
-  int row_of[8];
+  int row_of[8], col_of[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) row_of[i] = wr + static_cast<int>(rows.x[i]);
+  for (int pass = 0; pass < (REG ? 2 : 1); ++pass) {
+    for (int i = lane; i < 16 * 16; i += 32) scratch[(i / 16) * LDS + i % 16] = static_cast<float>(pass ? i % 16 : i / 16);
+    __syncwarp();
+    FragC map;
+    load_c_row(map, scratch, LDS);
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < 8; ++i) (pass ? col_of : row_of)[i] = (pass ? 0 : wr) + static_cast<int>(map.x[i]);
+  }
 
   load_tile<BLOCK_M, HEAD_DIM, LD, NTHREADS>(q_s, q_head, q_stride_s, m0, seqlen_q, dim, tid);
   __syncthreads();
@@ -94,106 +144,145 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   for (int j = 0; j < O_TILES; ++j)
 #pragma unroll
     for (int i = 0; i < 8; ++i) o[j].x[i] = 0.f;
-  float m_i = -INFINITY, l_i = 0.f;
+  float m_i[G], l_i[G];  // REG: l_i is this lane's part of the row sum until the end
+#pragma unroll
+  for (int g = 0; g < G; ++g) m_i[g] = -INFINITY, l_i[g] = 0.f;
 
   for (int n0 = first; n0 < last; n0 += BLOCK_N) {
     const bool more = n0 + BLOCK_N < last;
     if (more) next.load(k_head, k_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
-
-    // S = Q K^T for the warp's 16 rows, to shared memory: a 16x16 tile at a time with Q in registers,
-    // else all four at once, so that each Q fragment is read once
-    if constexpr (Q_REGS) {
-#pragma unroll
-      for (int j = 0; j < BLOCK_N / 16; ++j) {
-        FragC s;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) s.x[i] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-          FragAB bf;
-          load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
-          mma<true>(s, qf[kk], bf);
-        }
-        store_d_row(s_s + wr * LDS + j * 16, s, LDS);
-      }
-    } else {
-      FragC s[BLOCK_N / 16];
-#pragma unroll
-      for (int j = 0; j < BLOCK_N / 16; ++j)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) s[j].x[i] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-        FragAB a;
-        load_a_row(a, q_s + wr * LD + kk * 16, LD);
-#pragma unroll
-        for (int j = 0; j < BLOCK_N / 16; ++j) {
-          FragAB bf;
-          load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
-          mma<true>(s[j], a, bf);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < BLOCK_N / 16; ++j) store_d_row(s_s + wr * LDS + j * 16, s[j], LDS);
-    }
-    __syncthreads();  // every warp is done with this K (and sees its own S)
-    if (more) {
-      next.template store<LD>(k_s, tid);
-      next.load(v_head, v_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
-    }
-
-    // online softmax in base 2: two lanes per row, half the keys each, in registers
-    float x[BLOCK_N / 2];
-    const float4* s_row = reinterpret_cast<const float4*>(s_s + r * LDS + c0);
-#pragma unroll
-    for (int c = 0; c < BLOCK_N / 8; ++c) {
-      const float4 t = s_row[c];
-      x[4 * c] = t.x, x[4 * c + 1] = t.y, x[4 * c + 2] = t.z, x[4 * c + 3] = t.w;
-    }
-    __syncwarp();  // both lanes of the row have read S before P goes over it
     const bool masked = n0 + BLOCK_N > seqlen_k || (HAS_LO && n0 < m0 + BLOCK_M - 1 + band_lo) ||
                         (HAS_HI && n0 + BLOCK_N - 1 > m0 + band_hi);
-    float mx = m_i;
+    FragC s[S_TILES];
+    scores<HEAD_DIM, LD, Q_REGS>(s, qf, q_s + wr * LD, k_s);
+    float alpha[G];
+    FragAB p_frag[REG ? S_TILES : 1];  // REG: P as the A operand of P V
+
+    if constexpr (REG) {
+      // online softmax in base 2 on the accumulators: slot i of every tile is in the lane's row
+      // group GROUP_OF[i]; the lanes of a row are this lane XOR the span of ROW_MASKS
+      float mx[G];
 #pragma unroll
-    for (int c = 0; c < BLOCK_N / 2; ++c) {
-      x[c] *= scale_log2;
-      if (masked) {
-        const int key = n0 + c0 + c;
-        bool ok = key < seqlen_k;
-        if (HAS_LO) ok = ok && key - row >= band_lo;
-        if (HAS_HI) ok = ok && key - row <= band_hi;
-        if (!ok) x[c] = -INFINITY;
+      for (int g = 0; g < G; ++g) mx[g] = m_i[g];
+#pragma unroll
+      for (int j = 0; j < S_TILES; ++j)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          float x = s[j].x[i] * scale_log2;
+          if (masked) {
+            const int key = n0 + j * 16 + col_of[i], query = m0 + row_of[i];
+            bool ok = key < seqlen_k;
+            if (HAS_LO) ok = ok && key - query >= band_lo;
+            if (HAS_HI) ok = ok && key - query <= band_hi;
+            if (!ok) x = -INFINITY;
+          }
+          s[j].x[i] = x;
+          mx[wmma_order::group_of(i)] = fmaxf(mx[wmma_order::group_of(i)], x);
+        }
+      float m_use[G], sum[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int t = 0; t < wmma_order::ROW_MASK_COUNT; ++t)
+          mx[g] = fmaxf(mx[g], __shfl_xor_sync(0xffffffff, mx[g], wmma_order::row_mask(t)));
+        m_use[g] = mx[g] == -INFINITY ? 0.f : mx[g];  // a row that has seen no key yet
+        alpha[g] = exp2f(m_i[g] - m_use[g]);
+        m_i[g] = mx[g];
+        sum[g] = 0.f;
       }
-      mx = fmaxf(mx, x[c]);
-    }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-    const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
-    const float alpha = exp2f(m_i - m_use);
-    m_i = mx;
-    float sum = 0.f;
-    __half2* p_row = reinterpret_cast<__half2*>(p_s + r * LDP + c0);
 #pragma unroll
-    for (int c = 0; c < BLOCK_N / 2; c += 2) {
-      const float p0 = exp2f(x[c] - m_use), p1 = exp2f(x[c + 1] - m_use);
-      sum += p0 + p1;
-      p_row[c / 2] = __floats2half2_rn(p0, p1);
+      for (int j = 0; j < S_TILES; ++j)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          s[j].x[i] = exp2f(s[j].x[i] - m_use[wmma_order::group_of(i)]);
+          sum[wmma_order::group_of(i)] += s[j].x[i];
+        }
+#pragma unroll
+      for (int g = 0; g < G; ++g) l_i[g] = l_i[g] * alpha[g] + sum[g];
+      // P's A operand: A element pair e of tile j is accumulator slots A_SLOT[2e], A_SLOT[2e + 1]
+      // of tile j of lane ^ A_XOR[2e]
+#pragma unroll
+      for (int j = 0; j < S_TILES; ++j)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          u32 pair = pack_half2(s[j].x[wmma_order::a_slot(2 * e)], s[j].x[wmma_order::a_slot(2 * e + 1)]);
+          if (wmma_order::a_xor(2 * e) != 0) pair = __shfl_xor_sync(0xffffffff, pair, wmma_order::a_xor(2 * e));
+          p_frag[j].x[e] = pair;
+        }
+      __syncthreads();  // every warp is done with this K
+      if (more) {
+        next.template store<LD>(k_s, tid);
+        next.load(v_head, v_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < S_TILES; ++j) store_d_row(s_s + wr * LDS + j * 16, s[j], LDS);
+      __syncthreads();  // every warp is done with this K (and sees its own S)
+      if (more) {
+        next.template store<LD>(k_s, tid);
+        next.load(v_head, v_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
+      }
+
+      // online softmax in base 2: two lanes per row, half the keys each, in registers
+      float x[BLOCK_N / 2];
+      const float4* s_row = reinterpret_cast<const float4*>(s_s + r * LDS + c0);
+#pragma unroll
+      for (int c = 0; c < BLOCK_N / 8; ++c) {
+        const float4 t = s_row[c];
+        x[4 * c] = t.x, x[4 * c + 1] = t.y, x[4 * c + 2] = t.z, x[4 * c + 3] = t.w;
+      }
+      __syncwarp();  // both lanes of the row have read S before P goes over it
+      float mx = m_i[0];
+#pragma unroll
+      for (int c = 0; c < BLOCK_N / 2; ++c) {
+        x[c] *= scale_log2;
+        if (masked) {
+          const int key = n0 + c0 + c;
+          bool ok = key < seqlen_k;
+          if (HAS_LO) ok = ok && key - row >= band_lo;
+          if (HAS_HI) ok = ok && key - row <= band_hi;
+          if (!ok) x[c] = -INFINITY;
+        }
+        mx = fmaxf(mx, x[c]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
+      const float a = exp2f(m_i[0] - m_use);
+      m_i[0] = mx;
+      float sum = 0.f;
+      __half2* p_row = reinterpret_cast<__half2*>(p_s + r * LDP + c0);
+#pragma unroll
+      for (int c = 0; c < BLOCK_N / 2; c += 2) {
+        const float p0 = exp2f(x[c] - m_use), p1 = exp2f(x[c + 1] - m_use);
+        sum += p0 + p1;
+        p_row[c / 2] = __floats2half2_rn(p0, p1);
+      }
+      sum += __shfl_xor_sync(0xffffffff, sum, 1);
+      l_i[0] = l_i[0] * a + sum;
+      if (lane % 2 == 0) s_s[r * LDS + BLOCK_N] = a;
+      __syncwarp();
     }
-    sum += __shfl_xor_sync(0xffffffff, sum, 1);
-    l_i = l_i * alpha + sum;
-    if (lane % 2 == 0) s_s[r * LDS + BLOCK_N] = alpha;
-    __syncwarp();
 
     // O = O * alpha + P V
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const float a = s_s[row_of[i] * LDS + BLOCK_N];
+      float a;
+      if constexpr (REG) {
+        a = alpha[wmma_order::group_of(i)];
+      } else {
+        a = s_s[row_of[i] * LDS + BLOCK_N];
+      }
 #pragma unroll
       for (int j = 0; j < O_TILES; ++j) o[j].x[i] *= a;
     }
 #pragma unroll
-    for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+    for (int kk = 0; kk < S_TILES; ++kk) {
       FragAB a;
-      load_a_row(a, p_s + wr * LDP + kk * 16, LDP);
+      if constexpr (REG) {
+        a = p_frag[kk];
+      } else {
+        load_a_row(a, p_s + wr * LDP + kk * 16, LDP);
+      }
 #pragma unroll
       for (int j = 0; j < O_TILES; ++j) {
         FragAB bf;
@@ -205,22 +294,50 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
     if (more) next.template store<LD>(v_s, tid);
   }
 
-  // O through shared memory (the warp's own rows), normalized by 1/l; rows that saw no key: 0, lse -inf
-  __syncthreads();  // every warp is done with K, V and S
+  // O normalized by 1/l; rows that saw no key: 0, lse -inf
+  float inv = 1.f;  // REG: O is normalized in registers
+  if constexpr (REG) {
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int t = 0; t < wmma_order::ROW_MASK_COUNT; ++t)
+        l_i[g] += __shfl_xor_sync(0xffffffff, l_i[g], wmma_order::row_mask(t));
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float l = l_i[wmma_order::group_of(i)], scale = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+      for (int j = 0; j < O_TILES; ++j) o[j].x[i] *= scale;
+    }
+    if ((lane & wmma_order::ROW_LANE_BITS) == 0) {  // one lane of each row writes its lse
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const int query = m0 + row_of[wmma_order::group_slot(g)];
+        if (query < seqlen_q) {
+          const float m = m_i[g] == -INFINITY ? 0.f : m_i[g];
+          lse[static_cast<long long>(bh) * seqlen_q + query] =
+              l_i[g] > 0.f ? (m + log2f(l_i[g])) * 0.6931471805599453f : -INFINITY;
+        }
+      }
+    }
+  } else {
+    inv = l_i[0] > 0.f ? 1.f / l_i[0] : 0.f;
+  }
+  __syncthreads();  // every warp is done with K, V and S: O goes through shared memory
 #pragma unroll
   for (int j = 0; j < O_TILES; ++j) store_d_row(o_s + wr * LDO + j * 16, o[j], LDO);
   __syncwarp();
   if (row < seqlen_q) {
-    const float inv = l_i > 0.f ? 1.f / l_i : 0.f;
     __half* o_row = out + b * o_stride_b + h * o_stride_h + row * o_stride_s;
     const int half = HEAD_DIM / 2, cbeg = (lane % 2) * half;
     for (int c = cbeg; c < cbeg + half && c < dim; c += 2) {
       *reinterpret_cast<__half2*>(o_row + c) =
           __floats2half2_rn(o_s[r * LDO + c] * inv, o_s[r * LDO + c + 1] * inv);
     }
-    if (lane % 2 == 0) {
-      const float m = m_i == -INFINITY ? 0.f : m_i;
-      lse[static_cast<long long>(bh) * seqlen_q + row] = l_i > 0.f ? (m + log2f(l_i)) * 0.6931471805599453f : -INFINITY;
+    if (!REG && lane % 2 == 0) {
+      const float m = m_i[0] == -INFINITY ? 0.f : m_i[0];
+      lse[static_cast<long long>(bh) * seqlen_q + row] =
+          l_i[0] > 0.f ? (m + log2f(l_i[0])) * 0.6931471805599453f : -INFINITY;
     }
   }
 }
