@@ -50,13 +50,14 @@ def fwd_rows(head_dim: int) -> int:
     return 16 * FWD_CONFIGS[width(head_dim)].warps
 
 
-def smem_bytes(head_dim: int) -> int:
-    """K and V (rows padded by 8 halves), S in fp32 (rows padded by 4, P written over it) and Q unless
-    it stays in registers (then it passes through K and V's space at the start); O's fp32 staging
-    goes over all of it at the end. As laid out in the kernel."""
+def smem_bytes(head_dim: int, register_softmax: bool = False) -> int:
+    """K and V (rows padded by 8 halves), S in fp32 (rows padded by 4, P written over it) unless the
+    softmax runs in registers, and Q unless it stays in registers (then it passes through K and V's
+    space at the start); O's fp32 staging goes over all of it at the end. As laid out in the kernel."""
     w, rows = width(head_dim), fwd_rows(head_dim)
     q_bytes = 0 if FWD_CONFIGS[w].q_in_registers else rows * (w + 8) * 2
-    return 2 * BLOCK_N * (w + 8) * 2 + rows * (BLOCK_N + 4) * 4 + q_bytes
+    s_bytes = 0 if register_softmax else rows * (BLOCK_N + 4) * 4
+    return max(2 * BLOCK_N * (w + 8) * 2 + s_bytes + q_bytes, rows * (w + 4) * 4)
 
 
 def bwd_smem_bytes(head_dim: int, kernel: str) -> int:
@@ -120,7 +121,7 @@ def fwd_launch(call: AttentionCall, q, k, v, out, lse, *, register_softmax: bool
             *bsh(out), *_scalars(call, call.heads_q))  # fmt: skip
     grid = (math.ceil(call.seqlen_q / fwd_rows(call.head_dim)), call.batch * call.heads_q)
     name = fwd_name(call.head_dim, lo is not None, hi is not None, register_softmax)
-    return Launch(name, grid, 2 * fwd_rows(call.head_dim), smem_bytes(call.head_dim), args)
+    return Launch(name, grid, 2 * fwd_rows(call.head_dim), smem_bytes(call.head_dim, register_softmax), args)
 
 
 def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, Launch]:

@@ -15,8 +15,8 @@
 //
 // With no cp.async, the next block's K is loaded into registers while S is computed, and its V while
 // the softmax and P V run; each goes to shared memory once every warp is done with the current one.
-// Shared memory holds K, V, S and, unless Q_REGS, Q (with Q_REGS, Q passes through the K/V space at
-// the start); O goes through all of it at the end.
+// Shared memory holds K, V, S unless REG, and Q unless Q_REGS (with Q_REGS, Q passes through the K/V
+// space at the start); O goes through all of it at the end.
 //
 // Tensors are (batch, seqlen, heads, <= HEAD_DIM) with a contiguous last dim and 16-byte aligned
 // rows; `dim` (a multiple of 8) is the real head dim, the rest is zero-filled in shared memory. out
@@ -87,14 +87,16 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   static_assert(HEAD_DIM % 16 == 0, "16-wide WMMA tiles");
   static_assert(!REG || wmma_order::REGISTER_SOFTMAX, "REG needs an element order the host has checked");
   static_assert(BLOCK_M <= 2 * BLOCK_N, "Q fits where K and V go");
-  static_assert(BLOCK_M * LDO * 4 <= 2 * BLOCK_N * LD * 2 + BLOCK_M * LDS * 4, "O fits in the whole space");
+  constexpr int S_BYTES = REG ? 0 : BLOCK_M * LDS * 4;  // S (and P) in shared memory: not with REG
+  // O's staging (BLOCK_M * LDO floats) goes over everything at the end: plan.smem_bytes reserves at least that
+  static_assert(WARPS * 256 * 4 <= BLOCK_N * LD * 2, "the maps' scratch fits where K goes");
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __half* k_s = reinterpret_cast<__half*>(smem_raw);
   __half* v_s = k_s + BLOCK_N * LD;
-  float* s_s = reinterpret_cast<float*>(v_s + BLOCK_N * LD);
+  float* s_s = reinterpret_cast<float*>(v_s + BLOCK_N * LD);  // not with REG
   __half* p_s = reinterpret_cast<__half*>(s_s);
-  __half* q_s = Q_REGS ? k_s : reinterpret_cast<__half*>(s_s + BLOCK_M * LDS);  // with Q_REGS, at the start only
+  __half* q_s = Q_REGS ? k_s : reinterpret_cast<__half*>(smem_raw + 2 * BLOCK_N * LD * 2 + S_BYTES);  // Q_REGS: at the start
   float* o_s = reinterpret_cast<float*>(smem_raw);  // O at the end, over K, V and S
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
@@ -108,19 +110,20 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   const int row = m0 + r;
 
   // the row and column of each accumulator element of this lane (the same for every 16x16 fp32 fragment)
-  float* scratch = s_s + wr * LDS;
+  float* scratch = reinterpret_cast<float*>(smem_raw) + warp * 256;  // before K (or Q) arrives
   int row_of[8], col_of[8];
 #pragma unroll
   for (int pass = 0; pass < (REG ? 2 : 1); ++pass) {
-    for (int i = lane; i < 16 * 16; i += 32) scratch[(i / 16) * LDS + i % 16] = static_cast<float>(pass ? i % 16 : i / 16);
+    for (int i = lane; i < 16 * 16; i += 32) scratch[i] = static_cast<float>(pass ? i % 16 : i / 16);
     __syncwarp();
     FragC map;
-    load_c_row(map, scratch, LDS);
+    load_c_row(map, scratch, 16);
     __syncwarp();
 #pragma unroll
     for (int i = 0; i < 8; ++i) (pass ? col_of : row_of)[i] = (pass ? 0 : wr) + static_cast<int>(map.x[i]);
   }
 
+  __syncthreads();  // every warp has its maps: Q may go over the scratch
   load_tile<BLOCK_M, HEAD_DIM, LD, NTHREADS>(q_s, q_head, q_stride_s, m0, seqlen_q, dim, tid);
   __syncthreads();
   FragAB qf[Q_REGS ? HEAD_DIM / 16 : 1];  // in registers for the whole loop
