@@ -142,4 +142,6 @@ def test_register_softmax_facts_of_orders():
     for lane in range(32):  # element 1 of each lane from lane ^ 1: a pair across two lanes
         split[lane][1] = mma.a[lane ^ 1][1]
     assert wmma_order.register_softmax(wmma_order.WmmaOrder(mma.c, tuple(map(tuple, split)))) is None
+    unset = wmma_order.WmmaOrder(mma.c, tuple(lane[:8] + (-1,) * 8 for lane in mma.a))  # A's upper half not written
+    assert wmma_order.register_softmax(unset) is None
     assert "REGISTER_SOFTMAX = true" in wmma_order.header(facts) and wmma_order.header(None) == ""

@@ -81,7 +81,9 @@ def _span(masks: list[int]) -> set[int]:
 def register_softmax(order: WmmaOrder) -> RegisterSoftmax | None:
     """The facts, or None where the order does not allow the register softmax."""
     c, a = order.c, order.a
-    if sorted(x for lane in c for x in lane) != list(range(256)) or any(len(lane) != 16 for lane in a):
+    if sorted(x for lane in c for x in lane) != list(range(256)):
+        return None
+    if any(len(lane) != 16 or not all(0 <= x < 256 for x in lane) for lane in a):  # e.g. registers left unset
         return None
     rows = [[pos // 16 for pos in lane] for lane in c]
     first = []  # lane 0's distinct rows, in slot order
