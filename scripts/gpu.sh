@@ -118,15 +118,20 @@ if has offload; then
   timeout 300 $PY benchmarks/kv_offload.py --json "$OUT/kv_offload.json" 2>&1 | tee "$OUT/kv_offload.md" || status=1
 fi
 if has volta; then
-  echo "== cuda_volta (sm70 instructions, run here as the stand-in): fp16 tests, then fwd against mem-efficient"
-  PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 240 $PY -m pytest -q tests/test_gpu.py -k "cuda_volta or battery" \
-    -p no:cacheprovider >"$OUT/volta_tests.log" 2>&1 || status=1
-  grep -E "^(FAILED|ERROR)" "$OUT/volta_tests.log" | head -20
-  tail -1 "$OUT/volta_tests.log"
-  timeout 240 $PY -m portattn bench --dtype float16 --seqlens "$SEQ" --head-dims 64,128 --mode fwd --no-progress \
-    --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash --json "$OUT/volta_bench.json" \
-    >"$OUT/volta_bench.log" 2>&1 || status=1
-  $PY benchmarks/ratios.py "$OUT/volta_bench.json" | tee "$OUT/volta_table.md"
+  echo "== cuda_volta (sm70 instructions, run here as the stand-in): the probed WMMA order, fp16 tests with the"
+  echo "   register softmax (where the order allows it) and the shared-memory one, then fwd against mem-efficient"
+  timeout 60 $PY benchmarks/wmma_layout.py --json "$OUT/wmma_layout.json" >"$OUT/wmma_layout.txt" 2>&1 || status=1
+  tail -2 "$OUT/wmma_layout.txt"
+  for sm in auto shared; do
+    PORTATTN_CUDA_VOLTA_SOFTMAX=$sm PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 240 $PY -m pytest -q tests/test_gpu.py \
+      -k "cuda_volta or battery" -p no:cacheprovider >"$OUT/volta_tests_$sm.log" 2>&1 || status=1
+    grep -E "^(FAILED|ERROR)" "$OUT/volta_tests_$sm.log" | head -20
+    echo "softmax $sm: $(tail -1 "$OUT/volta_tests_$sm.log")"
+    PORTATTN_CUDA_VOLTA_SOFTMAX=$sm timeout 240 $PY -m portattn bench --dtype float16 --seqlens "$SEQ" --head-dims 64,128 \
+      --mode fwd --no-progress --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash \
+      --json "$OUT/volta_bench_$sm.json" >"$OUT/volta_bench_$sm.log" 2>&1 || status=1
+    $PY benchmarks/ratios.py "$OUT/volta_bench_$sm.json" | tee "$OUT/volta_table_$sm.md"
+  done
 fi
 if has ampere; then
   echo "== cuda_ampere: GPU tests (one-kernel backward, then the two-kernel one), sanitizers, fwd and fwd+bwd against FA2"
