@@ -177,13 +177,10 @@ class EmulatedVolta(CudaVoltaBackend):
 
     def __init__(self, build_dir: Path, order: int = 0) -> None:
         self.build_dir, self.order = build_dir, order
-        c_pos, a_pos = torch.full((256,), -1, dtype=torch.int32), torch.full((512,), -1, dtype=torch.int32)
-        probe = cuda_source.Launch(
-            wmma_order.PROBE_KERNEL, (1, 1), 32, wmma_order.PROBE_SMEM_BYTES, (c_pos.data_ptr(), a_pos.data_ptr())
+        source = plan.source() + wmma_order.PROBE
+        self.wmma = wmma_order.read(
+            lambda launch, *tensors: _launcher(self, source, {t.data_ptr(): t for t in tensors}, launch), "cpu"
         )
-        tensors = {c_pos.data_ptr(): c_pos, a_pos.data_ptr(): a_pos}
-        _launcher(self, plan.source() + wmma_order.PROBE, tensors, probe)
-        self.wmma = wmma_order.WmmaOrder.from_flat(c_pos.tolist(), a_pos.tolist())
         self.facts = wmma_order.register_softmax(self.wmma)
 
     def available(self) -> str | None:

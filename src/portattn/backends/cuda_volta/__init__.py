@@ -2,7 +2,8 @@
 fp16, plain loads), compiled at run time through CuPy (NVRTC). Chosen on sm70-sm75, where neither
 ``triton_hopper`` nor ``cuda_ampere`` runs; on newer GPUs it ranks below them.
 
-This module holds the capabilities and checks only; cupy is imported when the backend first runs.
+This module holds the capabilities and checks, and reads the GPU's WMMA element order once per device
+(the probe); cupy is imported when the backend first runs.
 """
 
 from __future__ import annotations
@@ -26,23 +27,23 @@ HEAD_DIMS = (64, 128)  # the kernel's tile widths; smaller head dims are zero-pa
 
 @functools.cache
 def read_wmma_order(device_index: int):
-    """This GPU's WMMA element order (``wmma_order.WmmaOrder``), read by a probe kernel once per device."""
-    import cupy
-
+    """This GPU's WMMA element order (``wmma_order.WmmaOrder``), read by the probe kernel once per device."""
+    from portattn.backends import cupy_launch
     from portattn.backends.cuda_volta import plan, wmma_order
 
-    with cupy.cuda.Device(device_index):
-        module = cupy.RawModule(code=plan.source() + wmma_order.PROBE, options=plan.NVRTC_OPTIONS,
-                                name_expressions=(wmma_order.PROBE_KERNEL,))  # fmt: skip
-        c_pos, a_pos = cupy.full(256, -1, dtype=cupy.int32), cupy.full(512, -1, dtype=cupy.int32)
-        probe = module.get_function(wmma_order.PROBE_KERNEL)
-        probe((1,), (32,), (c_pos, a_pos), shared_mem=wmma_order.PROBE_SMEM_BYTES)
-        return wmma_order.WmmaOrder.from_flat(c_pos.get(), a_pos.get())
+    device = torch.device("cuda", device_index)
+    source = plan.source() + wmma_order.PROBE
+
+    def run(launch, *_tensors):
+        cupy_launch.run(source, plan.NVRTC_OPTIONS, launch, device=device)
+
+    return wmma_order.read(run, device)
 
 
+@functools.cache
 def register_softmax_facts(device_index: int):
     """What the forward's register softmax needs of this GPU's WMMA element order; None where the
-    order does not allow it (``wmma_order.register_softmax``)."""
+    order does not allow it (``wmma_order.register_softmax``). Checked once per device."""
     from portattn.backends.cuda_volta import wmma_order
 
     return wmma_order.register_softmax(read_wmma_order(device_index))

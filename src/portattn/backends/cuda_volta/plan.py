@@ -121,7 +121,8 @@ def fwd_launch(call: AttentionCall, q, k, v, out, lse, *, register_softmax: bool
             *bsh(out), *_scalars(call, call.heads_q))  # fmt: skip
     grid = (math.ceil(call.seqlen_q / fwd_rows(call.head_dim)), call.batch * call.heads_q)
     name = fwd_name(call.head_dim, lo is not None, hi is not None, register_softmax)
-    return Launch(name, grid, 2 * fwd_rows(call.head_dim), smem_bytes(call.head_dim, register_softmax), args)
+    threads = 32 * FWD_CONFIGS[width(call.head_dim)].warps
+    return Launch(name, grid, threads, smem_bytes(call.head_dim, register_softmax), args)
 
 
 def bwd_launches(call: AttentionCall, q, k, v, dout, lse, delta, dq, dk, dv) -> tuple[Launch, Launch]:

@@ -15,7 +15,12 @@ registers; otherwise it goes through shared memory. No order is assumed anywhere
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
+
+import torch
+
+from portattn.backends.cuda_source import Launch
 
 # One warp: c_pos[lane * 8 + slot] and a_pos[lane * 16 + element] = row * 16 + col. Compiled after
 # the backend's source (it uses common_sm70.cuh's WMMA functions).
@@ -59,6 +64,15 @@ class WmmaOrder(NamedTuple):
         c_pos, a_pos = [int(x) for x in c_pos], [int(x) for x in a_pos]
         return cls(tuple(tuple(c_pos[8 * lane : 8 * lane + 8]) for lane in range(32)),
                    tuple(tuple(a_pos[16 * lane : 16 * lane + 16]) for lane in range(32)))  # fmt: skip
+
+
+def read(run: Callable[..., None], device: torch.device | str) -> WmmaOrder:
+    """The order as ``PROBE`` reads it: ``run(launch, *tensors)`` runs the probe's launch (compiled
+    from the backend's source + ``PROBE``) on the device, its pointers those of ``tensors``."""
+    c_pos = torch.full((256,), -1, dtype=torch.int32, device=device)
+    a_pos = torch.full((512,), -1, dtype=torch.int32, device=device)
+    run(Launch(PROBE_KERNEL, (1, 1), 32, PROBE_SMEM_BYTES, (c_pos.data_ptr(), a_pos.data_ptr())), c_pos, a_pos)
+    return WmmaOrder.from_flat(c_pos.tolist(), a_pos.tolist())
 
 
 class RegisterSoftmax(NamedTuple):

@@ -174,10 +174,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
           float x = s[j].x[i] * scale_log2;
           if (masked) {
             const int key = n0 + j * 16 + col_of[i], query = m0 + row_of[i];
-            bool ok = key < seqlen_k;
-            if (HAS_LO) ok = ok && key - query >= band_lo;
-            if (HAS_HI) ok = ok && key - query <= band_hi;
-            if (!ok) x = -INFINITY;
+            if (!visible<HAS_LO, HAS_HI>(query, key, seqlen_q, seqlen_k, band_lo, band_hi)) x = -INFINITY;
           }
           s[j].x[i] = x;
           mx[wmma_order::group_of(i)] = fmaxf(mx[wmma_order::group_of(i)], x);
@@ -241,10 +238,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
         x[c] *= scale_log2;
         if (masked) {
           const int key = n0 + c0 + c;
-          bool ok = key < seqlen_k;
-          if (HAS_LO) ok = ok && key - row >= band_lo;
-          if (HAS_HI) ok = ok && key - row <= band_hi;
-          if (!ok) x[c] = -INFINITY;
+          if (!visible<HAS_LO, HAS_HI>(row, key, seqlen_q, seqlen_k, band_lo, band_hi)) x[c] = -INFINITY;
         }
         mx = fmaxf(mx, x[c]);
       }
