@@ -123,15 +123,18 @@ if has volta; then
   timeout 60 $PY benchmarks/wmma_layout.py --json "$OUT/wmma_layout.json" >"$OUT/wmma_layout.txt" 2>&1 || status=1
   tail -2 "$OUT/wmma_layout.txt"
   for sm in auto shared; do
-    PORTATTN_CUDA_VOLTA_SOFTMAX=$sm PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 240 $PY -m pytest -q tests/test_gpu.py \
+    PORTATTN_CUDA_VOLTA_SOFTMAX=$sm PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 200 $PY -m pytest -q tests/test_gpu.py \
       -k "cuda_volta or battery" -p no:cacheprovider >"$OUT/volta_tests_$sm.log" 2>&1 || status=1
     grep -E "^(FAILED|ERROR)" "$OUT/volta_tests_$sm.log" | head -20
     echo "softmax $sm: $(tail -1 "$OUT/volta_tests_$sm.log")"
-    PORTATTN_CUDA_VOLTA_SOFTMAX=$sm timeout 240 $PY -m portattn bench --dtype float16 --seqlens "$SEQ" --head-dims 64,128 \
-      --mode fwd --no-progress --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash \
-      --json "$OUT/volta_bench_$sm.json" >"$OUT/volta_bench_$sm.log" 2>&1 || status=1
-    $PY benchmarks/ratios.py "$OUT/volta_bench_$sm.json" | tee "$OUT/volta_table_$sm.md"
   done
+  echo "-- each FWD_CONFIG with each softmax path, against mem-efficient"
+  timeout 240 $PY benchmarks/tune_cuda_volta.py --seqlens "$SEQ" --json "$OUT/volta_tune.jsonl" 2>&1 \
+    | tee "$OUT/volta_tune.txt" | grep -E "^d=|best|Error"
+  timeout 200 $PY -m portattn bench --dtype float16 --seqlens "$SEQ" --head-dims 64,128 --mode both --no-progress \
+    --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash --json "$OUT/volta_bench.json" \
+    >"$OUT/volta_bench.log" 2>&1 || status=1
+  $PY benchmarks/ratios.py "$OUT/volta_bench.json" | tee "$OUT/volta_table.md"
 fi
 if has ampere; then
   echo "== cuda_ampere: GPU tests (one-kernel backward, then the two-kernel one), sanitizers, fwd and fwd+bwd against FA2"
