@@ -63,6 +63,8 @@ struct Block {
   std::unique_ptr<std::barrier<>> all;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
   std::vector<uint32_t> exchange;  // warps x 32 lanes x WORDS
+  const unsigned char* smem = nullptr;  // the launch's shared memory, [smem, smem + smem_bytes)
+  size_t smem_bytes = 0;
 };
 inline Block* block = nullptr;
 
@@ -109,9 +111,14 @@ inline int b_position(int l, int e) {
   return B_ORDER[s / 256][s % 256];
 }
 
-inline void check_alignment(const void* p, int ld, int bytes) {
+// the kernels' WMMA loads and stores name the .shared state space: each 16x16 fragment must lie in
+// the launch's shared memory, its base 32-byte aligned and its leading dimension a multiple of 16 bytes
+inline void check_fragment(const void* p, int ld, int bytes) {
   if (reinterpret_cast<uintptr_t>(p) % 32 != 0) fail("WMMA fragment base not 32-byte aligned");
   if ((ld * bytes) % 16 != 0) fail("WMMA leading dimension not a multiple of 16 bytes");
+  const auto* first = static_cast<const unsigned char*>(p);
+  const auto* end = first + (15 * ld + 16) * bytes;
+  if (first < block->smem || end > block->smem + block->smem_bytes) fail("WMMA fragment outside shared memory");
 }
 
 inline __half get_half(const uint32_t* x, int e) {
@@ -129,6 +136,8 @@ inline void launch(unsigned grid_x, unsigned grid_y, int threads, unsigned char*
   b.all = std::make_unique<std::barrier<>>(threads);
   for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<std::barrier<>>(32));
   b.exchange.assign(static_cast<size_t>(threads) * WORDS, 0);
+  b.smem = smem;
+  b.smem_bytes = smem_bytes;
   block = &b;
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
@@ -176,7 +185,7 @@ namespace portattn_sm70 {
 
 template <class F>
 inline void load_a_row(F& f, const __half* p, int ld) {
-  emu::check_alignment(p, ld, 2);
+  emu::check_fragment(p, ld, 2);
   for (int e = 0; e < 16; ++e) {
     const int pos = emu::a_position(emu::lane(), e);
     emu::set_half(f.x, e, p[(pos / 16) * ld + pos % 16]);
@@ -185,7 +194,7 @@ inline void load_a_row(F& f, const __half* p, int ld) {
 
 template <bool COL, class F>  // COL: B(k, n) at p[n * ld + k]; else at p[k * ld + n]
 inline void load_b(F& f, const __half* p, int ld) {
-  emu::check_alignment(p, ld, 2);
+  emu::check_fragment(p, ld, 2);
   for (int e = 0; e < 16; ++e) {
     const int pos = emu::b_position(emu::lane(), e), kk = pos / 16, n = pos % 16;
     emu::set_half(f.x, e, COL ? p[n * ld + kk] : p[kk * ld + n]);
@@ -194,7 +203,7 @@ inline void load_b(F& f, const __half* p, int ld) {
 
 template <class F>
 inline void load_c_row(F& f, const float* p, int ld) {
-  emu::check_alignment(p, ld, 4);
+  emu::check_fragment(p, ld, 4);
   for (int i = 0; i < 8; ++i) {
     const int pos = emu::c_position(emu::lane(), i);
     f.x[i] = p[(pos / 16) * ld + pos % 16];
@@ -203,7 +212,7 @@ inline void load_c_row(F& f, const float* p, int ld) {
 
 template <class F>
 inline void store_d_row(float* p, const F& f, int ld) {
-  emu::check_alignment(p, ld, 4);
+  emu::check_fragment(p, ld, 4);
   for (int i = 0; i < 8; ++i) {
     const int pos = emu::c_position(emu::lane(), i);
     p[(pos / 16) * ld + pos % 16] = f.x[i];

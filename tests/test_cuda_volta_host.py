@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,9 +80,39 @@ def test_ptx_uses_volta_instructions_only(tmp_path):
         "wmma.mma.sync.aligned.row.row.m16n16k16.f32.f32",
     }, mmas
     loads = set(re.findall(r"\bwmma\.load\.[ab]\.sync\.aligned\.[\w.]+", code))
-    assert loads and all(x.endswith("m16n16k16.f16") for x in loads), loads
+    assert loads and all(x.endswith("m16n16k16.shared.f16") for x in loads), loads
+    # every fragment is in shared memory and says so: a generic address would cost generic loads
+    assert not re.search(r"\bwmma\.(load|store)\.[abcd]\.sync\.aligned\.\w+\.m16n16k16\.f", code)
     entries = len(plan.all_instances()) + len(plan.all_instances(True)) + 1  # and the probe
     assert len(re.findall(r"^\.(?:visible )?\.entry", ptx, re.M)) == entries
+
+
+def _cuobjdump() -> str | None:
+    try:
+        import triton  # its wheel carries cuobjdump
+    except ImportError:
+        return shutil.which("cuobjdump")
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(bundled) if bundled.exists() else shutil.which("cuobjdump")
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CI machines have it)")
+@pytest.mark.skipif(_cuobjdump() is None, reason="no cuobjdump (neither on PATH nor in the triton wheel)")
+def test_sm90_code_reads_fragments_with_shared_loads(tmp_path):
+    """What ptxas makes of the `.shared` WMMA loads for the H100 stand-in: ldmatrix (LDSM), no
+    generic loads or stores (LD/ST), which a generic fragment address compiles to (288 LD and 128
+    movmatrix in the d=128 forward, where 72 LDSM do the same work)."""
+    cubin = tmp_path / "unit.cubin"
+    options = [o.replace("--use_fast_math", "-use_fast_math") for o in plan.NVRTC_OPTIONS]
+    cmd = [NVCC, *options, "-arch=sm_90", "-cubin", str(_unit(tmp_path)), "-o", str(cubin)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    sass = subprocess.run([_cuobjdump(), "-sass", str(cubin)], capture_output=True, text=True, timeout=120)
+    assert sass.returncode == 0, sass.stderr[-2000:]
+    ops = re.findall(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)", sass.stdout, re.M)
+    assert sum(op.startswith("HMMA") for op in ops) > 0 and sum(op.startswith("LDSM") for op in ops) > 0
+    generic = sorted({op for op in ops if op.split(".")[0] in ("LD", "ST")})
+    assert not generic, generic
 
 
 def _kernel_params(kernel: str) -> list[str]:

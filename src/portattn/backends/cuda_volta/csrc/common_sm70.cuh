@@ -41,44 +41,50 @@ struct FragC {  // a 16x16 fp32 accumulator: 8 floats per lane, order unspecifie
 };
 
 #ifndef PORTATTN_WMMA_EMULATED  // tests/sm70_emulator.h defines these five on the CPU
-// `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes
+// Every fragment lives in shared memory, and saying so (`.shared`, a 32-bit shared address) lets the
+// loads be LDS (and ldmatrix where ptxas targets sm75+) rather than generic LDs.
+// `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes.
+__device__ __forceinline__ u32 shared_address(const void* p) {
+  return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
 __device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
-  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
                : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
                  "=r"(f.x[6]), "=r"(f.x[7])
-               : "l"(p), "r"(ld)
+               : "r"(shared_address(p)), "r"(ld)
                : "memory");
 }
 
 template <bool COL>  // COL: B(k, n) at p[n * ld + k] (K read as K^T); else at p[k * ld + n]
 __device__ __forceinline__ void load_b(FragAB& f, const __half* p, int ld) {
   if (COL) {
-    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
                  : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
                    "=r"(f.x[6]), "=r"(f.x[7])
-                 : "l"(p), "r"(ld)
+                 : "r"(shared_address(p)), "r"(ld)
                  : "memory");
   } else {
-    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
                  : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
                    "=r"(f.x[6]), "=r"(f.x[7])
-                 : "l"(p), "r"(ld)
+                 : "r"(shared_address(p)), "r"(ld)
                  : "memory");
   }
 }
 
 __device__ __forceinline__ void load_c_row(FragC& f, const float* p, int ld) {
-  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.shared.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
                : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]),
                  "=f"(f.x[6]), "=f"(f.x[7])
-               : "l"(p), "r"(ld)
+               : "r"(shared_address(p)), "r"(ld)
                : "memory");
 }
 
 __device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
-  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
-               ::"l"(p), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]), "f"(f.x[5]),
-                 "f"(f.x[6]), "f"(f.x[7]), "r"(ld)
+  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.shared.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
+               ::"r"(shared_address(p)), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]),
+                 "f"(f.x[5]), "f"(f.x[6]), "f"(f.x[7]), "r"(ld)
                : "memory");
 }
 
