@@ -122,15 +122,18 @@ if has volta; then
   echo "   register softmax (where the order allows it) and the shared-memory one, then fwd against mem-efficient"
   timeout 60 $PY benchmarks/wmma_layout.py --json "$OUT/wmma_layout.json" >"$OUT/wmma_layout.txt" 2>&1 || status=1
   tail -2 "$OUT/wmma_layout.txt"
-  for sm in auto shared; do
-    PORTATTN_CUDA_VOLTA_SOFTMAX=$sm PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 200 $PY -m pytest -q tests/test_gpu.py \
-      -k "cuda_volta or battery" -p no:cacheprovider >"$OUT/volta_tests_$sm.log" 2>&1 || status=1
-    grep -E "^(FAILED|ERROR)" "$OUT/volta_tests_$sm.log" | head -20
-    echo "softmax $sm: $(tail -1 "$OUT/volta_tests_$sm.log")"
-  done
+  # most telling first (an outer timeout keeps what finished): the shipped path's tests, the configs, then the rest
+  volta_tests() {
+    PORTATTN_CUDA_VOLTA_SOFTMAX=$1 PORTATTN_GPU_TEST_BACKENDS=cuda_volta timeout 200 $PY -m pytest -q tests/test_gpu.py \
+      -k "cuda_volta or battery" -p no:cacheprovider >"$OUT/volta_tests_$1.log" 2>&1 || status=1
+    grep -E "^(FAILED|ERROR)" "$OUT/volta_tests_$1.log" | head -20
+    echo "softmax $1: $(tail -1 "$OUT/volta_tests_$1.log")"
+  }
+  volta_tests auto
   echo "-- each FWD_CONFIG with each softmax path, against mem-efficient"
-  timeout 240 $PY benchmarks/tune_cuda_volta.py --seqlens "$SEQ" --json "$OUT/volta_tune.jsonl" 2>&1 \
+  timeout 240 $PY benchmarks/tune_cuda_volta.py --seqlens "$SEQ" --configs "${VOLTA_CONFIGS:-4,1;4,0;8,1;8,0}" --json "$OUT/volta_tune.jsonl" 2>&1 \
     | tee "$OUT/volta_tune.txt" | grep -E "^d=|best|Error"
+  volta_tests shared
   timeout 200 $PY -m portattn bench --dtype float16 --seqlens "$SEQ" --head-dims 64,128 --mode both --no-progress \
     --backends cuda_volta --baselines torch.sdpa.efficient,torch.sdpa.flash --json "$OUT/volta_bench.json" \
     >"$OUT/volta_bench.log" 2>&1 || status=1
