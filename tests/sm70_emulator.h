@@ -219,6 +219,30 @@ inline void store_d_row(float* p, const F& f, int ld) {
   }
 }
 
+// shared-memory addresses: byte offsets from the launch's shared memory; the `_at` forms add a constant
+inline uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu::block->smem);
+}
+template <class T>
+inline T* shared_pointer(uint32_t address) {
+  return reinterpret_cast<T*>(const_cast<unsigned char*>(emu::block->smem) + address);
+}
+
+template <int OFFSET, class F>
+inline void load_a_row_at(F& f, uint32_t base, int ld) {
+  load_a_row(f, shared_pointer<const __half>(base + OFFSET), ld);
+}
+
+template <bool COL, int OFFSET, class F>
+inline void load_b_at(F& f, uint32_t base, int ld) {
+  load_b<COL>(f, shared_pointer<const __half>(base + OFFSET), ld);
+}
+
+template <int OFFSET, class F>
+inline void store_d_row_at(uint32_t base, const F& f, int ld) {
+  store_d_row(shared_pointer<float>(base + OFFSET), f, ld);
+}
+
 template <bool B_COL, class C, class AB>  // d += a b, over the warp
 inline void mma(C& d, const AB& a, const AB& b) {
   uint32_t* mine = emu::slot(emu::warp(), emu::lane());

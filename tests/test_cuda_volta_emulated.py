@@ -247,6 +247,23 @@ def test_emulated_kernels_on_the_case_battery(emulated, case):
     assert result.status == "pass", result.message
 
 
+FWD_CONFIG_SPACE = [plan.FwdConfig(warps, q_regs) for warps in (4, 8) for q_regs in (True, False)]
+
+
+@pytest.mark.parametrize("config", FWD_CONFIG_SPACE, ids=lambda c: f"warps{c.warps}_qregs{int(c.q_in_registers)}")
+def test_every_forward_config_matches_the_reference(emulated, config, monkeypatch):
+    """The configs a GPU sweep may pick (benchmarks/tune_cuda_volta.py), at both tile widths, causal
+    with odd lengths and GQA (d=40 padded to 64) and strided (d=128): forward and lse only."""
+    if emulated.order == 1:
+        pytest.skip("the register path is covered with shuffles by mma_order_a_shuffled")
+    for width in (64, 128):
+        monkeypatch.setitem(plan.FWD_CONFIGS, width, config)
+    for case in (CASES[1], CASES[2]):
+        result = run_case(emulated, case, device="cpu", dtype=torch.float16, grad=False)
+        assert result.status == "pass", f"{case.name}: {result.message}"
+        assert set(result.errors) == {"out", "lse"}, result.errors
+
+
 def test_emulator_catches_a_kernel_that_assumes_an_element_order(tmp_path):
     """The emulator's point: the same source with the row map replaced by the identity order
     (the order of no GPU) must fail against the reference."""

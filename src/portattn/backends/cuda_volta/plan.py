@@ -27,7 +27,12 @@ class FwdConfig(NamedTuple):
     q_in_registers: bool  # else Q's fragments are read from shared memory for every key block
 
 
-FWD_CONFIGS = {64: FwdConfig(4, True), 128: FwdConfig(4, True)}  # by tile width
+# by tile width. Not yet timed on a GPU; chosen from what ptxas makes of each (benchmarks/volta_sass.py,
+# sm_90) and from occupancy. d=128: 8 warps issue 10% fewer instructions per key block than 4 (half
+# the K/V tile loads per thread) at the same 8 warps per SM on an H100 (registers), and on a 96 KB
+# Volta SM the shared-memory softmax fits one block either way: 8 warps there, not 4. d=64: 4 warps
+# keep 12 warps per SM on an H100 where 8 keep 8 (registers), for 8% more instructions.
+FWD_CONFIGS = {64: FwdConfig(4, True), 128: FwdConfig(8, True)}
 BWD_KEYS, BWD_QUERIES = 64, 32  # the dK/dV kernel: keys per block, queries per step
 DQ_ROWS, DQ_KEYS = 64, 32  # the dQ kernel: queries per block, keys per step
 THREADS = 128

@@ -88,6 +88,43 @@ __device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
                : "memory");
 }
 
+// The same with the address as a shared-memory base register plus a constant byte offset, which
+// ptxas folds into each load's immediate: a fragment's address then costs no instruction, where
+// `base + offset` computed first costs two per load (it does not re-associate the lane's row offset).
+template <int OFFSET>
+__device__ __forceinline__ void load_a_row_at(FragAB& f, u32 base, int ld) {
+  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8+%10], %9;\n"
+               : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                 "=r"(f.x[6]), "=r"(f.x[7])
+               : "r"(base), "r"(ld), "n"(OFFSET)
+               : "memory");
+}
+
+template <bool COL, int OFFSET>
+__device__ __forceinline__ void load_b_at(FragAB& f, u32 base, int ld) {
+  if (COL) {
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8+%10], %9;\n"
+                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                   "=r"(f.x[6]), "=r"(f.x[7])
+                 : "r"(base), "r"(ld), "n"(OFFSET)
+                 : "memory");
+  } else {
+    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8+%10], %9;\n"
+                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
+                   "=r"(f.x[6]), "=r"(f.x[7])
+                 : "r"(base), "r"(ld), "n"(OFFSET)
+                 : "memory");
+  }
+}
+
+template <int OFFSET>
+__device__ __forceinline__ void store_d_row_at(u32 base, const FragC& f, int ld) {
+  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.shared.f32 [%0+%10], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
+               ::"r"(base), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]), "f"(f.x[5]),
+                 "f"(f.x[6]), "f"(f.x[7]), "r"(ld), "n"(OFFSET)
+               : "memory");
+}
+
 template <bool B_COL>  // d += a b
 __device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) {
 #define PORTATTN_SM70_MMA(LAYOUT)                                                                           \
@@ -108,6 +145,20 @@ __device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) 
 }
 #endif  // PORTATTN_WMMA_EMULATED
 
+// Loops whose index must be a compile-time constant (a load's immediate offset): fn(Int<I>{}) for I
+// in [BEGIN, END), the index as decltype(i)::value
+template <int V>
+struct Int {
+  static constexpr int value = V;
+};
+template <int BEGIN, int END, class Fn>
+__device__ __forceinline__ void static_for(Fn&& fn) {
+  if constexpr (BEGIN < END) {
+    fn(Int<BEGIN>{});
+    static_for<BEGIN + 1, END>(fn);
+  }
+}
+
 // Rows [row0, row0 + ROWS) of one head on their way to a padded shared tile (LD halves per row), held
 // in registers between the global load and the shared store so that a load issued early hides its
 // latency behind compute (sm70 has no cp.async). Rows past `seqlen` and columns past `dim` are zeros.
@@ -118,13 +169,19 @@ struct TileRegs {
   static_assert(ROWS * CHUNKS % NTHREADS == 0, "every thread moves the same number of chunks");
   uint4 val[PER_THREAD];
 
+  // A thread's chunks are rows r, r + ROW_STEP, ... of one column: one 64-bit multiply per tile, then a
+  // pointer step and a compare with a constant per chunk (index arithmetic per chunk cost ~15 instructions).
+  static constexpr int ROW_STEP = NTHREADS / CHUNKS;
+  static_assert(NTHREADS % CHUNKS == 0, "a thread's chunks share a column");
+
   __device__ __forceinline__ void load(const __half* head, long long stride, int row0, int seqlen, int dim, int tid) {
+    const int r = tid / CHUNKS, c = (tid % CHUNKS) * 8;
+    const int rows = c < dim ? seqlen - row0 - r : 0;  // this thread's rows inside: i * ROW_STEP < rows
+    const __half* p = head + static_cast<long long>(row0 + r) * stride + c;
+    const long long step = stride * ROW_STEP;
 #pragma unroll
-    for (int i = 0; i < PER_THREAD; ++i) {
-      const int idx = tid + i * NTHREADS, r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
-      val[i] = make_uint4(0, 0, 0, 0);
-      if (row0 + r < seqlen && c < dim) val[i] = *reinterpret_cast<const uint4*>(head + (row0 + r) * stride + c);
-    }
+    for (int i = 0; i < PER_THREAD; ++i, p += step)
+      val[i] = i * ROW_STEP < rows ? *reinterpret_cast<const uint4*>(p) : make_uint4(0, 0, 0, 0);
   }
 
   template <int LD>

@@ -31,35 +31,35 @@ constexpr int BLOCK_N = 64;  // keys per block
 constexpr int S_TILES = BLOCK_N / 16;
 
 // S = Q K^T for a warp's 16 rows as four 16x16 tiles: a tile at a time from Q's fragments in
-// registers, else the four together so that each Q fragment is read from shared memory once
+// registers, else the four together so that each Q fragment is read from shared memory once.
+// `q_warp` and `k_s` are shared-memory addresses; each fragment's offset is a constant.
 template <int HEAD_DIM, int LD, bool Q_REGS>
-__device__ __forceinline__ void scores(FragC (&s)[S_TILES], const FragAB* qf, const __half* q_warp,
-                                       const __half* k_s) {
+__device__ __forceinline__ void scores(FragC (&s)[S_TILES], const FragAB* qf, u32 q_warp, u32 k_s) {
 #pragma unroll
   for (int j = 0; j < S_TILES; ++j)
 #pragma unroll
     for (int i = 0; i < 8; ++i) s[j].x[i] = 0.f;
   if constexpr (Q_REGS) {
-#pragma unroll
-    for (int j = 0; j < S_TILES; ++j)
-#pragma unroll
-      for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+    static_for<0, S_TILES>([&](auto j) {
+      static_for<0, HEAD_DIM / 16>([&](auto kk) {
+        constexpr int J = decltype(j)::value, KK = decltype(kk)::value;
         FragAB bf;
-        load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
-        mma<true>(s[j], qf[kk], bf);
-      }
+        load_b_at<true, (J * 16 * LD + KK * 16) * 2>(bf, k_s, LD);
+        mma<true>(s[J], qf[KK], bf);
+      });
+    });
   } else {
-#pragma unroll
-    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+    static_for<0, HEAD_DIM / 16>([&](auto kk) {
+      constexpr int KK = decltype(kk)::value;
       FragAB a;
-      load_a_row(a, q_warp + kk * 16, LD);
-#pragma unroll
-      for (int j = 0; j < S_TILES; ++j) {
+      load_a_row_at<KK * 16 * 2>(a, q_warp, LD);
+      static_for<0, S_TILES>([&](auto j) {
+        constexpr int J = decltype(j)::value;
         FragAB bf;
-        load_b<true>(bf, k_s + j * 16 * LD + kk * 16, LD);
-        mma<true>(s[j], a, bf);
-      }
-    }
+        load_b_at<true, (J * 16 * LD + KK * 16) * 2>(bf, k_s, LD);
+        mma<true>(s[J], a, bf);
+      });
+    });
   }
 }
 
@@ -108,6 +108,9 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   const int wr = warp * 16;                     // the warp's first row in the block
   const int r = wr + lane / 2, c0 = (lane % 2) * (BLOCK_N / 2);  // the shared-memory softmax's row and columns
   const int row = m0 + r;
+  // shared-memory addresses of what the WMMA loads read (P's rows are S's: P is written over S)
+  const u32 k_addr = shared_address(k_s), v_addr = shared_address(v_s);
+  const u32 q_warp_addr = shared_address(q_s + wr * LD), s_warp_addr = shared_address(s_s + wr * LDS);
 
   // the row and column of each accumulator element of this lane (the same for every 16x16 fp32 fragment)
   float* scratch = reinterpret_cast<float*>(smem_raw) + warp * 256;  // before K (or Q) arrives
@@ -157,7 +160,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
     const bool masked = n0 + BLOCK_N > seqlen_k || (HAS_LO && n0 < m0 + BLOCK_M - 1 + band_lo) ||
                         (HAS_HI && n0 + BLOCK_N - 1 > m0 + band_hi);
     FragC s[S_TILES];
-    scores<HEAD_DIM, LD, Q_REGS>(s, qf, q_s + wr * LD, k_s);
+    scores<HEAD_DIM, LD, Q_REGS>(s, qf, q_warp_addr, k_addr);
     float alpha[G];
     FragAB p_frag[REG ? S_TILES : 1];  // REG: P as the A operand of P V
 
@@ -215,45 +218,57 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
         next.load(v_head, v_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
       }
     } else {
-#pragma unroll
-      for (int j = 0; j < S_TILES; ++j) store_d_row(s_s + wr * LDS + j * 16, s[j], LDS);
+      static_for<0, S_TILES>([&](auto j) {
+        constexpr int J = decltype(j)::value;
+        store_d_row_at<J * 16 * 4>(s_warp_addr, s[J], LDS);
+      });
       __syncthreads();  // every warp is done with this K (and sees its own S)
       if (more) {
         next.template store<LD>(k_s, tid);
         next.load(v_head, v_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
       }
 
-      // online softmax in base 2: two lanes per row, half the keys each, in registers
-      float x[BLOCK_N / 2];
+      // online softmax in base 2: two lanes per row, half the keys each. S is read twice (the max,
+      // then the exponentials as one FFMA each) and only P is held, packed: 16 registers, not 32
       const float4* s_row = reinterpret_cast<const float4*>(s_s + r * LDS + c0);
+      float mx = m_i[0];
 #pragma unroll
       for (int c = 0; c < BLOCK_N / 8; ++c) {
         const float4 t = s_row[c];
-        x[4 * c] = t.x, x[4 * c + 1] = t.y, x[4 * c + 2] = t.z, x[4 * c + 3] = t.w;
-      }
-      __syncwarp();  // both lanes of the row have read S before P goes over it
-      float mx = m_i[0];
+        const float y[4] = {t.x, t.y, t.z, t.w};
 #pragma unroll
-      for (int c = 0; c < BLOCK_N / 2; ++c) {
-        x[c] *= scale_log2;
-        if (masked) {
-          const int key = n0 + c0 + c;
-          if (!visible<HAS_LO, HAS_HI>(row, key, seqlen_q, seqlen_k, band_lo, band_hi)) x[c] = -INFINITY;
+        for (int e = 0; e < 4; ++e) {
+          const bool hidden =
+              masked && !visible<HAS_LO, HAS_HI>(row, n0 + c0 + 4 * c + e, seqlen_q, seqlen_k, band_lo, band_hi);
+          mx = fmaxf(mx, hidden ? -INFINITY : y[e] * scale_log2);
         }
-        mx = fmaxf(mx, x[c]);
       }
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
       const float m_use = mx == -INFINITY ? 0.f : mx;  // a row that has seen no key yet
       const float a = exp2f(m_i[0] - m_use);
       m_i[0] = mx;
       float sum = 0.f;
-      __half2* p_row = reinterpret_cast<__half2*>(p_s + r * LDP + c0);
+      u32 p_pairs[BLOCK_N / 4];
 #pragma unroll
-      for (int c = 0; c < BLOCK_N / 2; c += 2) {
-        const float p0 = exp2f(x[c] - m_use), p1 = exp2f(x[c + 1] - m_use);
-        sum += p0 + p1;
-        p_row[c / 2] = __floats2half2_rn(p0, p1);
+      for (int c = 0; c < BLOCK_N / 8; ++c) {
+        const float4 t = s_row[c];
+        const float y[4] = {t.x, t.y, t.z, t.w};
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool hidden =
+              masked && !visible<HAS_LO, HAS_HI>(row, n0 + c0 + 4 * c + e, seqlen_q, seqlen_k, band_lo, band_hi);
+          p[e] = hidden ? 0.f : exp2f(fmaf(y[e], scale_log2, -m_use));
+          sum += p[e];
+        }
+        p_pairs[2 * c] = pack_half2(p[0], p[1]);
+        p_pairs[2 * c + 1] = pack_half2(p[2], p[3]);
       }
+      __syncwarp();  // both lanes of the row have read S before P goes over it
+      uint4* p_row = reinterpret_cast<uint4*>(p_s + r * LDP + c0);  // rows of 272 bytes, c0 of 64
+#pragma unroll
+      for (int c = 0; c < BLOCK_N / 16; ++c)
+        p_row[c] = make_uint4(p_pairs[4 * c], p_pairs[4 * c + 1], p_pairs[4 * c + 2], p_pairs[4 * c + 3]);
       sum += __shfl_xor_sync(0xffffffff, sum, 1);
       l_i[0] = l_i[0] * a + sum;
       if (lane % 2 == 0) s_s[r * LDS + BLOCK_N] = a;
@@ -272,21 +287,21 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
 #pragma unroll
       for (int j = 0; j < O_TILES; ++j) o[j].x[i] *= a;
     }
-#pragma unroll
-    for (int kk = 0; kk < S_TILES; ++kk) {
+    static_for<0, S_TILES>([&](auto kk) {
+      constexpr int KK = decltype(kk)::value;
       FragAB a;
       if constexpr (REG) {
-        a = p_frag[kk];
+        a = p_frag[KK];
       } else {
-        load_a_row(a, p_s + wr * LDP + kk * 16, LDP);
+        load_a_row_at<KK * 16 * 2>(a, s_warp_addr, LDP);
       }
-#pragma unroll
-      for (int j = 0; j < O_TILES; ++j) {
+      static_for<0, O_TILES>([&](auto j) {
+        constexpr int J = decltype(j)::value;
         FragAB bf;
-        load_b<false>(bf, v_s + kk * 16 * LD + j * 16, LD);
-        mma<false>(o[j], a, bf);
-      }
-    }
+        load_b_at<false, (KK * 16 * LD + J * 16) * 2>(bf, v_addr, LD);
+        mma<false>(o[J], a, bf);
+      });
+    });
     __syncthreads();  // every warp is done with this V
     if (more) next.template store<LD>(v_s, tid);
   }
