@@ -204,42 +204,43 @@ __device__ __forceinline__ void load_tile(__half* tile, const __half* head, long
 
 using portattn_band::visible;  // the band test, shared with the other CuPy backend
 
-// C (16 x N, fp32, stored at c with row stride ldc) = A (16 x KD, row-major at a) B, where B(k, n) is
-// b[n * ldb + k] (B_COL: the rows of b are B's columns, as K is for Q K^T) or b[k * ldb + n]
-template <int N, int KD, bool B_COL>
-__device__ __forceinline__ void warp_gemm_store(float* c, int ldc, const __half* a, int lda, const __half* b,
-                                                int ldb) {
-#pragma unroll
-  for (int j = 0; j < N / 16; ++j) {
+// C (16 x N, fp32, stored at c with row stride LDC) = A (16 x KD, row-major at a) B, where B(k, n) is
+// b[n * LDB + k] (B_COL: the rows of b are B's columns, as K is for Q K^T) or b[k * LDB + n]; all in
+// shared memory, each fragment's offset a load immediate
+template <int N, int KD, bool B_COL, int LDC, int LDA, int LDB>
+__device__ __forceinline__ void warp_gemm_store(float* c, const __half* a, const __half* b) {
+  const u32 c_addr = shared_address(c), a_addr = shared_address(a), b_addr = shared_address(b);
+  static_for<0, N / 16>([&](auto j) {
+    constexpr int J = decltype(j)::value;
     FragC acc;
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc.x[i] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < KD / 16; ++kk) {
+    static_for<0, KD / 16>([&](auto kk) {
+      constexpr int KK = decltype(kk)::value;
       FragAB af, bf;
-      load_a_row(af, a + kk * 16, lda);
-      load_b<B_COL>(bf, B_COL ? b + j * 16 * ldb + kk * 16 : b + kk * 16 * ldb + j * 16, ldb);
+      load_a_row_at<KK * 16 * 2>(af, a_addr, LDA);
+      load_b_at<B_COL, (B_COL ? J * 16 * LDB + KK * 16 : KK * 16 * LDB + J * 16) * 2>(bf, b_addr, LDB);
       mma<B_COL>(acc, af, bf);
-    }
-    store_d_row(c + j * 16, acc, ldc);
-  }
+    });
+    store_d_row_at<J * 16 * 4>(c_addr, acc, LDC);
+  });
 }
 
 // acc (16 x D as D / 16 fragments) += A (16 x KD, row-major at a) B (KD x D, row-major at b)
-template <int D, int KD>
-__device__ __forceinline__ void warp_gemm_acc(FragC (&acc)[D / 16], const __half* a, int lda, const __half* b,
-                                              int ldb) {
-#pragma unroll
-  for (int kk = 0; kk < KD / 16; ++kk) {
+template <int D, int KD, int LDA, int LDB>
+__device__ __forceinline__ void warp_gemm_acc(FragC (&acc)[D / 16], const __half* a, const __half* b) {
+  const u32 a_addr = shared_address(a), b_addr = shared_address(b);
+  static_for<0, KD / 16>([&](auto kk) {
+    constexpr int KK = decltype(kk)::value;
     FragAB af;
-    load_a_row(af, a + kk * 16, lda);
-#pragma unroll
-    for (int j = 0; j < D / 16; ++j) {
+    load_a_row_at<KK * 16 * 2>(af, a_addr, LDA);
+    static_for<0, D / 16>([&](auto j) {
+      constexpr int J = decltype(j)::value;
       FragAB bf;
-      load_b<false>(bf, b + kk * 16 * ldb + j * 16, ldb);
-      mma<false>(acc[j], af, bf);
-    }
-  }
+      load_b_at<false, (KK * 16 * LDB + J * 16) * 2>(bf, b_addr, LDB);
+      mma<false>(acc[J], af, bf);
+    });
+  });
 }
 
 // Rows [row0, row0 + 16 * WARPS) of accumulators (each warp 16 rows, D / 16 fragments) times `scale`,

@@ -115,17 +115,17 @@ flash_bwd_dkdv_sm70(const __half* q, const __half* k, const __half* v, const __h
       load_row_stats(lse2, delta_s, lse + row_stats, delta + row_stats, m0, BWD_QUERIES, seqlen_q, tid);
       __syncthreads();
       // S^T = K_w Q^T and dP^T = V_w dO^T for the warp's 16 keys
-      warp_gemm_store<BWD_QUERIES, HEAD_DIM, true>(st_s + wr * LDS, LDS, k_s + wr * LD, LD, q_s, LD);
-      warp_gemm_store<BWD_QUERIES, HEAD_DIM, true>(dpt_s + wr * LDS, LDS, v_s + wr * LD, LD, do_s, LD);
+      warp_gemm_store<BWD_QUERIES, HEAD_DIM, true, LDS, LD, LD>(st_s + wr * LDS, k_s + wr * LD, q_s);
+      warp_gemm_store<BWD_QUERIES, HEAD_DIM, true, LDS, LD, LD>(dpt_s + wr * LDS, v_s + wr * LD, do_s);
       __syncwarp();
       softmax_grad<BWD_QUERIES, LDS, true, HAS_LO, HAS_HI>(st_s + wr * LDS, dpt_s + wr * LDS, lse2, delta_s,
                                                           n0 + wr, m0, seqlen_q, seqlen_k, band_lo, band_hi,
                                                           scale_log2, lane);
       // dV += P^T dO, dK += dS^T Q (P^T and dS^T in fp16 over S^T and dP^T: row stride 2 * LDS halves)
-      warp_gemm_acc<HEAD_DIM, BWD_QUERIES>(dv_acc, reinterpret_cast<const __half*>(st_s + wr * LDS), 2 * LDS,
-                                           do_s, LD);
-      warp_gemm_acc<HEAD_DIM, BWD_QUERIES>(dk_acc, reinterpret_cast<const __half*>(dpt_s + wr * LDS), 2 * LDS,
-                                           q_s, LD);
+      warp_gemm_acc<HEAD_DIM, BWD_QUERIES, 2 * LDS, LD>(dv_acc, reinterpret_cast<const __half*>(st_s + wr * LDS),
+                                                         do_s);
+      warp_gemm_acc<HEAD_DIM, BWD_QUERIES, 2 * LDS, LD>(dk_acc, reinterpret_cast<const __half*>(dpt_s + wr * LDS),
+                                                         q_s);
     }
   }
   __syncthreads();  // the tiles are free: they stage the results
@@ -189,14 +189,14 @@ flash_bwd_dq_sm70(const __half* q, const __half* k, const __half* v, const __hal
     load_tile<DQ_KEYS, HEAD_DIM, LD>(k_s, k_head, k_stride_s, n0, seqlen_k, dim, tid);
     load_tile<DQ_KEYS, HEAD_DIM, LD>(v_s, v_head, v_stride_s, n0, seqlen_k, dim, tid);
     __syncthreads();
-    warp_gemm_store<DQ_KEYS, HEAD_DIM, true>(s_s + wr * LDS, LDS, q_s + wr * LD, LD, k_s, LD);
-    warp_gemm_store<DQ_KEYS, HEAD_DIM, true>(dp_s + wr * LDS, LDS, do_s + wr * LD, LD, v_s, LD);
+    warp_gemm_store<DQ_KEYS, HEAD_DIM, true, LDS, LD, LD>(s_s + wr * LDS, q_s + wr * LD, k_s);
+    warp_gemm_store<DQ_KEYS, HEAD_DIM, true, LDS, LD, LD>(dp_s + wr * LDS, do_s + wr * LD, v_s);
     __syncwarp();
     softmax_grad<DQ_KEYS, LDS, false, HAS_LO, HAS_HI>(s_s + wr * LDS, dp_s + wr * LDS, lse2 + wr, delta_s + wr,
                                                       m0 + wr, n0, seqlen_q, seqlen_k, band_lo, band_hi,
                                                       scale_log2, lane);
     // dQ += dS K (dS in fp16 over dP)
-    warp_gemm_acc<HEAD_DIM, DQ_KEYS>(dq_acc, reinterpret_cast<const __half*>(dp_s + wr * LDS), 2 * LDS, k_s, LD);
+    warp_gemm_acc<HEAD_DIM, DQ_KEYS, 2 * LDS, LD>(dq_acc, reinterpret_cast<const __half*>(dp_s + wr * LDS), k_s);
   }
   __syncthreads();
   store_rows<HEAD_DIM>(dq + b * dq_stride_b + h * dq_stride_h, dq_stride_s, dq_acc, reinterpret_cast<float*>(smem_raw),
