@@ -16,8 +16,10 @@ def parser(seqlen: int = 1024) -> argparse.ArgumentParser:
     return ap
 
 
-def inputs(seqlen: int, head_dim: int) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(batch, heads, q, k, v)``: bf16 ``(batch, seqlen, heads, head_dim)`` on the GPU at the grid's size."""
+def inputs(
+    seqlen: int, head_dim: int, dtype: torch.dtype = torch.bfloat16
+) -> tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(batch, heads, q, k, v)``: ``(batch, seqlen, heads, head_dim)`` on the GPU at the grid's size."""
     b, h = max(1, 16384 // seqlen), 2048 // head_dim
-    q, k, v = (torch.randn(b, seqlen, h, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = (torch.randn(b, seqlen, h, head_dim, device="cuda", dtype=dtype) for _ in range(3))
     return b, h, q, k, v

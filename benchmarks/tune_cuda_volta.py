@@ -17,6 +17,7 @@ import json
 import os
 from functools import partial
 
+import _grid
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -25,8 +26,6 @@ import portattn
 from portattn.backends import cuda_volta
 from portattn.backends.cuda_volta import plan
 from portattn.cli.bench import _timer, flops
-
-TOKENS, HIDDEN = 16384, 2048
 
 
 def parse_configs(text: str) -> list[plan.FwdConfig]:
@@ -38,8 +37,7 @@ def parse_configs(text: str) -> list[plan.FwdConfig]:
 
 
 def time_shape(head_dim: int, seqlen: int, causal: bool, configs, softmaxes, timer, json_path) -> None:
-    batch, heads = max(1, TOKENS // seqlen), HIDDEN // head_dim
-    q, k, v = (torch.randn(batch, seqlen, heads, head_dim, device="cuda", dtype=torch.float16) for _ in range(3))
+    batch, heads, q, k, v = _grid.inputs(seqlen, head_dim, torch.float16)
     sdpa = [t.transpose(1, 2) for t in (q, k, v)]
     with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION]):  # in fp32: the math kernel's scores would not fit at 16k
         want = F.scaled_dot_product_attention(*(t.float() for t in sdpa), is_causal=causal)
