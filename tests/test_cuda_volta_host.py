@@ -138,7 +138,8 @@ def test_argument_lists_match_the_kernel_parameters():
 
 def test_shared_memory_fits_a_volta_block():
     for d in (64, 128):
-        sizes = [plan.smem_bytes(d), plan.bwd_smem_bytes(d, "dkdv"), plan.bwd_smem_bytes(d, "dq")]
+        sizes = [plan.smem_bytes(d), plan.smem_bytes(d, register_softmax=True), plan.bwd_smem_bytes(d, "dkdv"),
+                 plan.bwd_smem_bytes(d, "dq")]  # fmt: skip
         assert max(sizes) <= plan.MAX_SMEM, sizes
 
 
