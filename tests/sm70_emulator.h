@@ -181,10 +181,21 @@ inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
 
 namespace portattn_sm70 {
 
-// The five WMMA functions of common_sm70.cuh (templates over its fragment types, declared after this)
+// What common_sm70.cuh leaves to the GPU (templates over its fragment types, declared after this):
+// shared-memory addresses (byte offsets from the launch's shared memory), the four fragment accesses
+// at a base address plus a constant, and the MMA
 
-template <class F>
-inline void load_a_row(F& f, const __half* p, int ld) {
+inline uint32_t shared_address(const void* p) {
+  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu::block->smem);
+}
+template <class T>
+inline T* shared_pointer(uint32_t address) {
+  return reinterpret_cast<T*>(const_cast<unsigned char*>(emu::block->smem) + address);
+}
+
+template <int OFFSET, class F>
+inline void load_a_row_at(F& f, uint32_t base, int ld) {
+  const __half* p = shared_pointer<const __half>(base + OFFSET);
   emu::check_fragment(p, ld, 2);
   for (int e = 0; e < 16; ++e) {
     const int pos = emu::a_position(emu::lane(), e);
@@ -192,8 +203,9 @@ inline void load_a_row(F& f, const __half* p, int ld) {
   }
 }
 
-template <bool COL, class F>  // COL: B(k, n) at p[n * ld + k]; else at p[k * ld + n]
-inline void load_b(F& f, const __half* p, int ld) {
+template <bool COL, int OFFSET, class F>  // COL: B(k, n) at p[n * ld + k]; else at p[k * ld + n]
+inline void load_b_at(F& f, uint32_t base, int ld) {
+  const __half* p = shared_pointer<const __half>(base + OFFSET);
   emu::check_fragment(p, ld, 2);
   for (int e = 0; e < 16; ++e) {
     const int pos = emu::b_position(emu::lane(), e), kk = pos / 16, n = pos % 16;
@@ -210,37 +222,14 @@ inline void load_c_row(F& f, const float* p, int ld) {
   }
 }
 
-template <class F>
-inline void store_d_row(float* p, const F& f, int ld) {
+template <int OFFSET, class F>
+inline void store_d_row_at(uint32_t base, const F& f, int ld) {
+  float* p = shared_pointer<float>(base + OFFSET);
   emu::check_fragment(p, ld, 4);
   for (int i = 0; i < 8; ++i) {
     const int pos = emu::c_position(emu::lane(), i);
     p[(pos / 16) * ld + pos % 16] = f.x[i];
   }
-}
-
-// shared-memory addresses: byte offsets from the launch's shared memory; the `_at` forms add a constant
-inline uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(static_cast<const unsigned char*>(p) - emu::block->smem);
-}
-template <class T>
-inline T* shared_pointer(uint32_t address) {
-  return reinterpret_cast<T*>(const_cast<unsigned char*>(emu::block->smem) + address);
-}
-
-template <int OFFSET, class F>
-inline void load_a_row_at(F& f, uint32_t base, int ld) {
-  load_a_row(f, shared_pointer<const __half>(base + OFFSET), ld);
-}
-
-template <bool COL, int OFFSET, class F>
-inline void load_b_at(F& f, uint32_t base, int ld) {
-  load_b<COL>(f, shared_pointer<const __half>(base + OFFSET), ld);
-}
-
-template <int OFFSET, class F>
-inline void store_d_row_at(uint32_t base, const F& f, int ld) {
-  store_d_row(shared_pointer<float>(base + OFFSET), f, ld);
 }
 
 template <bool B_COL, class C, class AB>  // d += a b, over the warp

@@ -40,57 +40,16 @@ struct FragC {  // a 16x16 fp32 accumulator: 8 floats per lane, order unspecifie
   float x[8];
 };
 
-#ifndef PORTATTN_WMMA_EMULATED  // tests/sm70_emulator.h defines these five on the CPU
+#ifndef PORTATTN_WMMA_EMULATED  // tests/sm70_emulator.h defines these on the CPU
 // Every fragment lives in shared memory, and saying so (`.shared`, a 32-bit shared address) lets the
-// loads be LDS (and ldmatrix where ptxas targets sm75+) rather than generic LDs.
-// `ld` in elements; `p` 32-byte aligned, `ld` a multiple of 16 bytes.
+// loads be LDS (and ldmatrix where ptxas targets sm75+) rather than generic LDs. A fragment's address
+// is a base register plus a constant byte offset, which ptxas folds into each load's immediate
+// (`base + offset` computed first costs two instructions per load: ptxas does not re-associate the
+// lane's row offset). `ld` in elements; the address 32-byte aligned, `ld` a multiple of 16 bytes.
 __device__ __forceinline__ u32 shared_address(const void* p) {
   return static_cast<u32>(__cvta_generic_to_shared(p));
 }
 
-__device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
-  asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-               : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
-                 "=r"(f.x[6]), "=r"(f.x[7])
-               : "r"(shared_address(p)), "r"(ld)
-               : "memory");
-}
-
-template <bool COL>  // COL: B(k, n) at p[n * ld + k] (K read as K^T); else at p[k * ld + n]
-__device__ __forceinline__ void load_b(FragAB& f, const __half* p, int ld) {
-  if (COL) {
-    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
-                   "=r"(f.x[6]), "=r"(f.x[7])
-                 : "r"(shared_address(p)), "r"(ld)
-                 : "memory");
-  } else {
-    asm volatile("wmma.load.b.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-                 : "=r"(f.x[0]), "=r"(f.x[1]), "=r"(f.x[2]), "=r"(f.x[3]), "=r"(f.x[4]), "=r"(f.x[5]),
-                   "=r"(f.x[6]), "=r"(f.x[7])
-                 : "r"(shared_address(p)), "r"(ld)
-                 : "memory");
-  }
-}
-
-__device__ __forceinline__ void load_c_row(FragC& f, const float* p, int ld) {
-  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.shared.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
-               : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]),
-                 "=f"(f.x[6]), "=f"(f.x[7])
-               : "r"(shared_address(p)), "r"(ld)
-               : "memory");
-}
-
-__device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
-  asm volatile("wmma.store.d.sync.aligned.row.m16n16k16.shared.f32 [%0], {%1, %2, %3, %4, %5, %6, %7, %8}, %9;\n"
-               ::"r"(shared_address(p)), "f"(f.x[0]), "f"(f.x[1]), "f"(f.x[2]), "f"(f.x[3]), "f"(f.x[4]),
-                 "f"(f.x[5]), "f"(f.x[6]), "f"(f.x[7]), "r"(ld)
-               : "memory");
-}
-
-// The same with the address as a shared-memory base register plus a constant byte offset, which
-// ptxas folds into each load's immediate: a fragment's address then costs no instruction, where
-// `base + offset` computed first costs two per load (it does not re-associate the lane's row offset).
 template <int OFFSET>
 __device__ __forceinline__ void load_a_row_at(FragAB& f, u32 base, int ld) {
   asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8+%10], %9;\n"
@@ -100,7 +59,7 @@ __device__ __forceinline__ void load_a_row_at(FragAB& f, u32 base, int ld) {
                : "memory");
 }
 
-template <bool COL, int OFFSET>
+template <bool COL, int OFFSET>  // COL: B(k, n) at [k + n * ld] (K read as K^T); else at [k * ld + n]
 __device__ __forceinline__ void load_b_at(FragAB& f, u32 base, int ld) {
   if (COL) {
     asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8+%10], %9;\n"
@@ -115,6 +74,14 @@ __device__ __forceinline__ void load_b_at(FragAB& f, u32 base, int ld) {
                  : "r"(base), "r"(ld), "n"(OFFSET)
                  : "memory");
   }
+}
+
+__device__ __forceinline__ void load_c_row(FragC& f, const float* p, int ld) {
+  asm volatile("wmma.load.c.sync.aligned.row.m16n16k16.shared.f32 {%0, %1, %2, %3, %4, %5, %6, %7}, [%8], %9;\n"
+               : "=f"(f.x[0]), "=f"(f.x[1]), "=f"(f.x[2]), "=f"(f.x[3]), "=f"(f.x[4]), "=f"(f.x[5]),
+                 "=f"(f.x[6]), "=f"(f.x[7])
+               : "r"(shared_address(p)), "r"(ld)
+               : "memory");
 }
 
 template <int OFFSET>
@@ -144,6 +111,14 @@ __device__ __forceinline__ void mma(FragC& d, const FragAB& a, const FragAB& b) 
 #undef PORTATTN_SM70_MMA
 }
 #endif  // PORTATTN_WMMA_EMULATED
+
+// The same at a pointer into shared memory, where the address is not a base plus a constant anyway
+__device__ __forceinline__ void load_a_row(FragAB& f, const __half* p, int ld) {
+  load_a_row_at<0>(f, shared_address(p), ld);
+}
+__device__ __forceinline__ void store_d_row(float* p, const FragC& f, int ld) {
+  store_d_row_at<0>(shared_address(p), f, ld);
+}
 
 // Loops whose index must be a compile-time constant (a load's immediate offset): fn(Int<I>{}) for I
 // in [BEGIN, END), the index as decltype(i)::value
@@ -204,9 +179,45 @@ __device__ __forceinline__ void load_tile(__half* tile, const __half* head, long
 
 using portattn_band::visible;  // the band test, shared with the other CuPy backend
 
-// C (16 x N, fp32, stored at c with row stride LDC) = A (16 x KD, row-major at a) B, where B(k, n) is
-// b[n * LDB + k] (B_COL: the rows of b are B's columns, as K is for Q K^T) or b[k * LDB + n]; all in
-// shared memory, each fragment's offset a load immediate
+// In the warp GEMMs below, A is 16 x KD (row-major, LDA halves per row) and B is KD x N in shared
+// memory at b_addr: B(k, n) at [k + n * LDB] (B_COL: the rows of b are B's columns, as K is for
+// Q K^T) or at [k * LDB + n]. Every fragment's offset is a load immediate.
+
+// acc (16 x N as N / 16 fragments) += a B over the 16-deep slice KK of B, `a` being A's fragment KK
+template <int N, int KK, bool B_COL, int LDB>
+__device__ __forceinline__ void mma_slice(FragC (&acc)[N / 16], const FragAB& a, u32 b_addr) {
+  static_for<0, N / 16>([&](auto j) {
+    constexpr int J = decltype(j)::value;
+    FragAB bf;
+    load_b_at<B_COL, (B_COL ? J * 16 * LDB + KK * 16 : KK * 16 * LDB + J * 16) * 2>(bf, b_addr, LDB);
+    mma<B_COL>(acc[J], a, bf);
+  });
+}
+
+// acc (16 x N) += A B, A's fragments in registers
+template <int N, int KD, bool B_COL, int LDB>
+__device__ __forceinline__ void warp_gemm_acc(FragC (&acc)[N / 16], const FragAB (&a)[KD / 16], const __half* b) {
+  const u32 b_addr = shared_address(b);
+  static_for<0, KD / 16>([&](auto kk) {
+    constexpr int KK = decltype(kk)::value;
+    mma_slice<N, KK, B_COL, LDB>(acc, a[KK], b_addr);
+  });
+}
+
+// acc (16 x N) += A B, A in shared memory at a (each fragment read once)
+template <int N, int KD, bool B_COL, int LDA, int LDB>
+__device__ __forceinline__ void warp_gemm_acc(FragC (&acc)[N / 16], const __half* a, const __half* b) {
+  const u32 a_addr = shared_address(a), b_addr = shared_address(b);
+  static_for<0, KD / 16>([&](auto kk) {
+    constexpr int KK = decltype(kk)::value;
+    FragAB af;
+    load_a_row_at<KK * 16 * 2>(af, a_addr, LDA);
+    mma_slice<N, KK, B_COL, LDB>(acc, af, b_addr);
+  });
+}
+
+// C (16 x N, fp32, stored at c with row stride LDC) = A B, A in shared memory at a, a 16 x 16 tile
+// of C at a time (one accumulator live, for the backward's register budget)
 template <int N, int KD, bool B_COL, int LDC, int LDA, int LDB>
 __device__ __forceinline__ void warp_gemm_store(float* c, const __half* a, const __half* b) {
   const u32 c_addr = shared_address(c), a_addr = shared_address(a), b_addr = shared_address(b);
@@ -223,23 +234,6 @@ __device__ __forceinline__ void warp_gemm_store(float* c, const __half* a, const
       mma<B_COL>(acc, af, bf);
     });
     store_d_row_at<J * 16 * 4>(c_addr, acc, LDC);
-  });
-}
-
-// acc (16 x D as D / 16 fragments) += A (16 x KD, row-major at a) B (KD x D, row-major at b)
-template <int D, int KD, int LDA, int LDB>
-__device__ __forceinline__ void warp_gemm_acc(FragC (&acc)[D / 16], const __half* a, const __half* b) {
-  const u32 a_addr = shared_address(a), b_addr = shared_address(b);
-  static_for<0, KD / 16>([&](auto kk) {
-    constexpr int KK = decltype(kk)::value;
-    FragAB af;
-    load_a_row_at<KK * 16 * 2>(af, a_addr, LDA);
-    static_for<0, D / 16>([&](auto j) {
-      constexpr int J = decltype(j)::value;
-      FragAB bf;
-      load_b_at<false, (KK * 16 * LDB + J * 16) * 2>(bf, b_addr, LDB);
-      mma<false>(acc[J], af, bf);
-    });
   });
 }
 

@@ -122,10 +122,10 @@ flash_bwd_dkdv_sm70(const __half* q, const __half* k, const __half* v, const __h
                                                           n0 + wr, m0, seqlen_q, seqlen_k, band_lo, band_hi,
                                                           scale_log2, lane);
       // dV += P^T dO, dK += dS^T Q (P^T and dS^T in fp16 over S^T and dP^T: row stride 2 * LDS halves)
-      warp_gemm_acc<HEAD_DIM, BWD_QUERIES, 2 * LDS, LD>(dv_acc, reinterpret_cast<const __half*>(st_s + wr * LDS),
-                                                         do_s);
-      warp_gemm_acc<HEAD_DIM, BWD_QUERIES, 2 * LDS, LD>(dk_acc, reinterpret_cast<const __half*>(dpt_s + wr * LDS),
-                                                         q_s);
+      const __half* pt_s = reinterpret_cast<const __half*>(st_s + wr * LDS);
+      const __half* dst_s = reinterpret_cast<const __half*>(dpt_s + wr * LDS);
+      warp_gemm_acc<HEAD_DIM, BWD_QUERIES, false, 2 * LDS, LD>(dv_acc, pt_s, do_s);
+      warp_gemm_acc<HEAD_DIM, BWD_QUERIES, false, 2 * LDS, LD>(dk_acc, dst_s, q_s);
     }
   }
   __syncthreads();  // the tiles are free: they stage the results
@@ -196,7 +196,7 @@ flash_bwd_dq_sm70(const __half* q, const __half* k, const __half* v, const __hal
                                                       m0 + wr, n0, seqlen_q, seqlen_k, band_lo, band_hi,
                                                       scale_log2, lane);
     // dQ += dS K (dS in fp16 over dP)
-    warp_gemm_acc<HEAD_DIM, DQ_KEYS, 2 * LDS, LD>(dq_acc, reinterpret_cast<const __half*>(dp_s + wr * LDS), k_s);
+    warp_gemm_acc<HEAD_DIM, DQ_KEYS, false, 2 * LDS, LD>(dq_acc, reinterpret_cast<const __half*>(dp_s + wr * LDS), k_s);
   }
   __syncthreads();
   store_rows<HEAD_DIM>(dq + b * dq_stride_b + h * dq_stride_h, dq_stride_s, dq_acc, reinterpret_cast<float*>(smem_raw),

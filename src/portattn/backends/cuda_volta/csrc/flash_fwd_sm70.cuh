@@ -30,39 +30,6 @@ namespace portattn_sm70 {
 constexpr int BLOCK_N = 64;  // keys per block
 constexpr int S_TILES = BLOCK_N / 16;
 
-// S = Q K^T for a warp's 16 rows as four 16x16 tiles: a tile at a time from Q's fragments in
-// registers, else the four together so that each Q fragment is read from shared memory once.
-// `q_warp` and `k_s` are shared-memory addresses; each fragment's offset is a constant.
-template <int HEAD_DIM, int LD, bool Q_REGS>
-__device__ __forceinline__ void scores(FragC (&s)[S_TILES], const FragAB* qf, u32 q_warp, u32 k_s) {
-#pragma unroll
-  for (int j = 0; j < S_TILES; ++j)
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s[j].x[i] = 0.f;
-  if constexpr (Q_REGS) {
-    static_for<0, S_TILES>([&](auto j) {
-      static_for<0, HEAD_DIM / 16>([&](auto kk) {
-        constexpr int J = decltype(j)::value, KK = decltype(kk)::value;
-        FragAB bf;
-        load_b_at<true, (J * 16 * LD + KK * 16) * 2>(bf, k_s, LD);
-        mma<true>(s[J], qf[KK], bf);
-      });
-    });
-  } else {
-    static_for<0, HEAD_DIM / 16>([&](auto kk) {
-      constexpr int KK = decltype(kk)::value;
-      FragAB a;
-      load_a_row_at<KK * 16 * 2>(a, q_warp, LD);
-      static_for<0, S_TILES>([&](auto j) {
-        constexpr int J = decltype(j)::value;
-        FragAB bf;
-        load_b_at<true, (J * 16 * LD + KK * 16) * 2>(bf, k_s, LD);
-        mma<true>(s[J], a, bf);
-      });
-    });
-  }
-}
-
 __device__ __forceinline__ u32 pack_half2(float lo, float hi) {
   const __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<const u32*>(&h);
@@ -108,9 +75,7 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
   const int wr = warp * 16;                     // the warp's first row in the block
   const int r = wr + lane / 2, c0 = (lane % 2) * (BLOCK_N / 2);  // the shared-memory softmax's row and columns
   const int row = m0 + r;
-  // shared-memory addresses of what the WMMA loads read (P's rows are S's: P is written over S)
-  const u32 k_addr = shared_address(k_s), v_addr = shared_address(v_s);
-  const u32 q_warp_addr = shared_address(q_s + wr * LD), s_warp_addr = shared_address(s_s + wr * LDS);
+  const u32 s_warp_addr = shared_address(s_s + wr * LDS);  // not with REG
 
   // the row and column of each accumulator element of this lane (the same for every 16x16 fp32 fragment)
   float* scratch = reinterpret_cast<float*>(smem_raw) + warp * 256;  // before K (or Q) arrives
@@ -159,8 +124,16 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
     if (more) next.load(k_head, k_stride_s, n0 + BLOCK_N, seqlen_k, dim, tid);
     const bool masked = n0 + BLOCK_N > seqlen_k || (HAS_LO && n0 < m0 + BLOCK_M - 1 + band_lo) ||
                         (HAS_HI && n0 + BLOCK_N - 1 > m0 + band_hi);
-    FragC s[S_TILES];
-    scores<HEAD_DIM, LD, Q_REGS>(s, qf, q_warp_addr, k_addr);
+    FragC s[S_TILES];  // S = Q K^T, four 16x16 tiles
+#pragma unroll
+    for (int j = 0; j < S_TILES; ++j)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s[j].x[i] = 0.f;
+    if constexpr (Q_REGS) {
+      warp_gemm_acc<BLOCK_N, HEAD_DIM, true, LD>(s, qf, k_s);
+    } else {
+      warp_gemm_acc<BLOCK_N, HEAD_DIM, true, LD, LD>(s, q_s + wr * LD, k_s);
+    }
     float alpha[G];
     FragAB p_frag[REG ? S_TILES : 1];  // REG: P as the A operand of P V
 
@@ -287,21 +260,11 @@ flash_fwd_sm70(const __half* q, const __half* k, const __half* v, __half* out, f
 #pragma unroll
       for (int j = 0; j < O_TILES; ++j) o[j].x[i] *= a;
     }
-    static_for<0, S_TILES>([&](auto kk) {
-      constexpr int KK = decltype(kk)::value;
-      FragAB a;
-      if constexpr (REG) {
-        a = p_frag[KK];
-      } else {
-        load_a_row_at<KK * 16 * 2>(a, s_warp_addr, LDP);
-      }
-      static_for<0, O_TILES>([&](auto j) {
-        constexpr int J = decltype(j)::value;
-        FragAB bf;
-        load_b_at<false, (KK * 16 * LD + J * 16) * 2>(bf, v_addr, LD);
-        mma<false>(o[J], a, bf);
-      });
-    });
+    if constexpr (REG) {
+      warp_gemm_acc<HEAD_DIM, BLOCK_N, false, LD>(o, p_frag, v_s);
+    } else {
+      warp_gemm_acc<HEAD_DIM, BLOCK_N, false, LDP, LD>(o, p_s + wr * LDP, v_s);
+    }
     __syncthreads();  // every warp is done with this V
     if (more) next.template store<LD>(v_s, tid);
   }
